@@ -1,0 +1,58 @@
+import type { ReceivedMail } from './types.ts';
+
+/** RabbitMQ names, in one place. */
+export const TOPOLOGY = {
+  mailExchange: 'backupmx.mail',
+  eventsExchange: 'backupmx.events',
+  spoolQueue: 'backupmx.spool',
+  deadQueue: 'backupmx.dead',
+  mailReceived: 'mail.received',
+  /** Redeliveries of one message before RabbitMQ moves it to the dead-letter queue. */
+  deliveryLimit: 20,
+} as const;
+
+export type EventKey = 'primary.up' | 'primary.down' | 'primary.status' | 'mail.spooled' | 'queue.flush';
+
+/** Payload of primary.up / primary.down / primary.status: one probed target. */
+export interface PrimaryEvent {
+  target: string;
+  state: 'unknown' | 'up' | 'down';
+  since: number;
+  lastError?: string | null;
+  latencyMs?: number | null;
+}
+export interface SpooledEvent {
+  id: string;
+  routes: string[];
+}
+export interface FlushEvent {
+  /** A route, or absent for every route. */
+  route?: string;
+}
+export type EventPayload = PrimaryEvent | SpooledEvent | FlushEvent;
+
+/**
+ * What the spool's handler makes of one delivery of `mail.received`: stored durably (acknowledge),
+ * or not understood (dead-letter it; never drop it). A thrown error means "not now": it is retried.
+ */
+export type MailDisposition = 'stored' | 'dead';
+
+/** A message on mail.received that could not even be decoded into a ReceivedMail. */
+export interface UndecodableMail {
+  id: string;
+  error: string;
+}
+
+export interface Broker {
+  /** Resolves once the broker holds the message durably (publisher confirm); rejects otherwise. */
+  publishMail(mail: ReceivedMail): Promise<void>;
+  /** Consume mail.received (competing consumers). */
+  consumeMail(handler: (mail: ReceivedMail) => Promise<MailDisposition>, prefetch: number): Promise<void>;
+  /** Best effort: events are hints; correctness never depends on them. */
+  publishEvent(key: EventKey, payload: EventPayload): void;
+  /** Every instance gets every event of these keys. */
+  subscribe(keys: EventKey[], handler: (key: EventKey, payload: EventPayload) => void): Promise<void>;
+  connected(): boolean;
+  /** Stop consumers, wait for handlers in flight, then close. */
+  close(): Promise<void>;
+}

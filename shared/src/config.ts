@@ -1,0 +1,147 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { parseDuration } from './duration.ts';
+import { normalizeDomain } from './address.ts';
+
+/** Next-hop target: `host[:port]`, port 25 by default. */
+export interface Target {
+  host: string;
+  port: number;
+}
+
+const list = (value: unknown) =>
+  typeof value === 'string' ? value.split(',').map((item) => item.trim()).filter((item) => item !== '') : value;
+
+const integer = (min: number, max: number) =>
+  z.preprocess(
+    (value) => (typeof value === 'string' && value.trim() !== '' ? Number(value) : value),
+    z.number({ error: `expected a whole number from ${min} to ${max}` }).int(`expected a whole number from ${min} to ${max}`).min(min, `expected a whole number from ${min} to ${max}`).max(max, `expected a whole number from ${min} to ${max}`),
+  );
+
+const port = integer(0, 65535);
+
+const duration = z.preprocess(
+  (value) => (typeof value === 'number' ? value * 1000 : typeof value === 'string' ? (parseDuration(value) ?? value) : value),
+  z.number({ error: 'expected a duration such as 30s, 5m, 1h or 5d' }).positive('expected a duration greater than zero'),
+);
+
+const durations = z.preprocess(
+  (value) => {
+    const items = list(value);
+    return Array.isArray(items) ? items.map((item) => (typeof item === 'string' ? (parseDuration(item) ?? item) : item)) : items;
+  },
+  z.array(z.number({ error: 'expected durations such as 1m,5m,1h' }).positive(), { error: 'expected durations such as 1m,5m,1h' }).min(1, 'expected at least one duration'),
+);
+
+const domainName = z
+  .string()
+  .transform(normalizeDomain)
+  .refine((domain) => /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(domain), {
+    error: (issue) => `not a domain name: ${JSON.stringify(issue.input)}`,
+  });
+
+const targetText = z
+  .string()
+  .trim()
+  .refine((text) => parseTarget(text) !== null, { error: (issue) => `expected host[:port], got ${JSON.stringify(issue.input)}` });
+
+const boolean = z.preprocess(
+  (value) => (typeof value === 'string' ? { true: true, yes: true, '1': true, false: false, no: false, '0': false }[value.trim().toLowerCase()] ?? value : value),
+  z.boolean({ error: 'expected true or false' }),
+);
+
+const domainSettings = z.strictObject({
+  PRIMARY: z.preprocess(list, z.array(targetText).min(1)).optional(),
+});
+
+export const configSchema = z.strictObject({
+  RELAY_DOMAINS: z.preprocess(list, z.array(domainName).min(1, 'list at least one domain')),
+  PRIMARY: z.preprocess(list, z.array(targetText).min(1, 'name at least one host[:port]')),
+  SMTP_HOST: z.string().default('0.0.0.0'),
+  SMTP_PORT: port.default(2525),
+  SMTP_HOSTNAME: z.string().min(1).default(hostname()),
+  HTTP_HOST: z.string().default('0.0.0.0'),
+  HTTP_PORT: port.default(8025),
+  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://user:pass@host:port/vhost' }).optional(),
+  MONGODB_URL: z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected mongodb://host:port/db' }).optional(),
+  DATA_DIR: z.string().min(1).default('./data'),
+  SMARTHOST: targetText.optional(),
+  ADMIN_TOKEN: z.string().min(1).optional(),
+  MAX_MESSAGE_SIZE: integer(1024, 2 ** 31).default(26_214_400),
+  MAX_RECIPIENTS: integer(1, 100_000).default(100),
+  QUEUE_LIFETIME: duration.default(5 * 86_400_000),
+  RETRY_SCHEDULE: durations.default([60_000, 300_000, 900_000, 1_800_000, 3_600_000]),
+  PROBE_INTERVAL: duration.default(10_000),
+  PROBE_TIMEOUT: duration.default(10_000),
+  PROBE_FAILURES: integer(1, 1000).default(3),
+  PROBE_SUCCESSES: integer(1, 1000).default(2),
+  /** How long ingress waits for RabbitMQ's publisher confirm before answering 451. */
+  PUBLISH_TIMEOUT: duration.default(10_000),
+  /** smtp-server's pause before the greeting, to catch clients that talk first. */
+  GREETING_DELAY: z.preprocess(
+    (value) => (typeof value === 'string' ? (parseDuration(value) ?? value) : value),
+    z.number({ error: 'expected a duration such as 0, 100ms or 1s' }).min(0),
+  ).default(100),
+  /** How long a deliverer holds a claimed delivery before another may take it. */
+  DELIVERY_LEASE: duration.default(300_000),
+  /** Connections a deliverer opens to one next hop at once. */
+  DELIVERY_CONCURRENCY: integer(1, 100).default(5),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  domains: z.record(domainName, domainSettings).default({}),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+/** Thrown for a bad configuration; the message is one line naming the key. */
+export class ConfigError extends Error {}
+
+export function parseTarget(text: string): Target | null {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(text.trim());
+  if (!match) return null;
+  const host = match[1] ?? match[2] ?? '';
+  const portNumber = match[3] === undefined ? 25 : Number(match[3]);
+  if (host === '' || portNumber < 1 || portNumber > 65535) return null;
+  return { host, port: portNumber };
+}
+
+export function formatTarget(target: Target): string {
+  return `${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}`;
+}
+
+const KEYS = new Set(Object.keys(configSchema.shape));
+
+/**
+ * Build the configuration from the file named by BACKUPMX_CONFIG (YAML or JSON, same keys) and the
+ * environment (which wins). Throws ConfigError with one line naming the key on any bad value.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  let raw: Record<string, unknown> = {};
+  const file = env.BACKUPMX_CONFIG;
+  if (file) {
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(readFileSync(file, 'utf8'));
+    } catch (error) {
+      throw new ConfigError(`BACKUPMX_CONFIG: cannot read ${file}: ${(error as Error).message.split('\n')[0]}`);
+    }
+    if (parsed !== null && parsed !== undefined && (typeof parsed !== 'object' || Array.isArray(parsed))) {
+      throw new ConfigError(`BACKUPMX_CONFIG: ${file} must hold a mapping of settings`);
+    }
+    raw = { ...(parsed as Record<string, unknown> | null) };
+  }
+  for (const key of KEYS) {
+    const value = env[key];
+    if (value !== undefined && value !== '') raw[key] = value;
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const key = issue?.path.length ? issue.path.map(String).join('.') : '(config)';
+    const message = issue?.code === 'invalid_type' && issue.input === undefined ? 'is required' : (issue?.message ?? 'is invalid');
+    const unknown = issue?.code === 'unrecognized_keys' ? `unknown setting ${issue.keys.join(', ')}` : null;
+    throw new ConfigError(unknown ?? `${key}: ${message}`);
+  }
+  return result.data;
+}

@@ -1,0 +1,46 @@
+import type { Server } from 'node:http';
+import express, { type Express } from 'express';
+import type { Logger } from './logger.ts';
+
+export type ReadinessCheck = () => Record<string, boolean>;
+
+/**
+ * Each service's HTTP port: GET /healthz (the process is alive), GET /readyz (its broker and store
+ * are connected: 200, else 503 naming what is not), plus whatever `routes` adds.
+ */
+export function startHttp(options: {
+  host: string;
+  port: number;
+  log: Logger;
+  ready: ReadinessCheck;
+  routes?: (app: Express) => void;
+}): Promise<Server> {
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', (_req, res) => {
+    const checks = options.ready();
+    const ok = Object.values(checks).every(Boolean);
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', checks });
+  });
+  options.routes?.(app);
+  app.use((_req, res) => {
+    res.status(404).json({ error: 'not found' });
+  });
+  return new Promise((resolve, reject) => {
+    const server = app.listen(options.port, options.host, (error?: Error) => {
+      if (error) return reject(error);
+      options.log.info({ address: server.address() }, 'http listening');
+      resolve(server);
+    });
+  });
+}
+
+export function closeHttp(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
