@@ -65,9 +65,12 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
     });
 
     afterEach(async () => {
-      for (const s of extra.splice(0)) await s.close();
-      await store.close();
-      await backend.dispose();
+      try {
+        for (const s of extra.splice(0)) await s.close();
+        await store.close();
+      } finally {
+        await backend.dispose();
+      }
     });
 
     it('put stores the message and one queued delivery per distinct recipient, due at receivedAt', async () => {
@@ -477,7 +480,7 @@ describe('sqlite store: separate processes', () => {
       const path = join(dir, 'store.db');
       const setup = await openSqliteStore(path);
       const all = new Set<string>();
-      for (let i = 0; i < 60; i++) {
+      for (let i = 0; i < 100; i++) {
         const rcpts = [`u${i}a@x.test`, `u${i}b@x.test`, `u${i}c@x.test`];
         await setup.put(mail(`m${i}`, rcpts, Date.now()), via('r1', rcpts));
         for (const r of rcpts) all.add(`m${i} ${r}`);
@@ -490,9 +493,14 @@ describe('sqlite store: separate processes', () => {
         const store = await openSqliteStore(${JSON.stringify(path)});
         const owner = 'p' + process.pid;
         const got = [];
+        // Start barrier: all processes begin claiming together.
+        process.stdout.write('ready\\n');
+        await new Promise((resolve) => process.stdin.once('data', resolve));
+        process.stdin.destroy();
         for (;;) {
           const claimed = await store.claim({ route: 'r1', now: Date.now(), leaseMs: 600000, owner, limit: 1 });
           if (claimed.length === 0) break;
+          await new Promise((resolve) => setTimeout(resolve, 2)); // the SMTP transaction
           for (const c of claimed) {
             for (const d of c.deliveries) got.push(d.messageId + ' ' + d.recipient);
             await store.settle(c.message.id, owner,
@@ -500,19 +508,31 @@ describe('sqlite store: separate processes', () => {
           }
         }
         await store.close();
-        process.stdout.write(JSON.stringify(got));
+        process.stdout.write(JSON.stringify(got) + '\\n');
       `;
-      const run = (): Promise<string[]> =>
-        new Promise((resolve, reject) => {
-          const child = spawn(process.execPath, ['--input-type=module', '-e', worker], { stdio: ['ignore', 'pipe', 'pipe'] });
-          let out = '';
-          let err = '';
-          child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-          child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-          child.on('error', reject);
-          child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out) as string[]) : reject(new Error(`worker exited ${code}: ${err}`))));
+      const children = Array.from({ length: 4 }, () => {
+        const child = spawn(process.execPath, ['--input-type=module', '-e', worker], { stdio: ['pipe', 'pipe', 'pipe'] });
+        let out = '';
+        let err = '';
+        child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+        const ready = new Promise<void>((resolve, reject) => {
+          child.stdout.on('data', (c: Buffer) => {
+            out += c.toString();
+            if (out.startsWith('ready\n')) resolve();
+          });
+          child.on('close', (code) => reject(new Error(`worker exited ${code} before ready: ${err}`)));
         });
-      const results = await Promise.all([run(), run(), run(), run()]);
+        const done = new Promise<string[]>((resolve, reject) => {
+          child.on('error', reject);
+          child.on('close', (code) =>
+            code === 0 ? resolve(JSON.parse(out.slice('ready\n'.length)) as string[]) : reject(new Error(`worker exited ${code}: ${err}`)),
+          );
+        });
+        return { child, ready, done };
+      });
+      await Promise.all(children.map((c) => c.ready));
+      for (const c of children) c.child.stdin.write('go\n');
+      const results = await Promise.all(children.map((c) => c.done));
       const claimed = results.flat();
       assert.equal(new Set(claimed).size, claimed.length, 'a delivery was claimed by two processes');
       assert.deepEqual(new Set(claimed), all);

@@ -155,7 +155,7 @@ export async function openSqliteStore(path: string): Promise<Store> {
     settleDeferred: db.prepare(
       `UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?, last_reply = ?, next_attempt_at = ?,
          lease_owner = NULL, lease_until = NULL
-       WHERE message_id = ? AND recipient = ? AND state = 'queued' AND (lease_owner = ? OR 1)`,
+       WHERE message_id = ? AND recipient = ? AND state = 'queued' AND lease_owner = ?`,
     ),
     settleFailed: db.prepare(
       `UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_attempt_at = ?, last_reply = ?,

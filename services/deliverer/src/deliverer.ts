@@ -1,0 +1,163 @@
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { SpanStatusCode, trace } from '@opentelemetry/api';
+import type { Broker, EventKey, EventPayload, FlushEvent, PrimaryEvent, SpooledEvent } from '@backupmx/shared/broker.ts';
+import { formatTarget, type Config } from '@backupmx/shared/config.ts';
+import type { Logger } from '@backupmx/shared/logger.ts';
+import { configuredRoutes, routeTargets } from '@backupmx/shared/routing.ts';
+import type { Store } from '@backupmx/shared/store.ts';
+import type { ClaimedMessage } from '@backupmx/shared/types.ts';
+import { toOutcomes, verdicts } from './outcomes.ts';
+import { nextAttemptAt } from './retry.ts';
+import { createSmtpClient } from './smtp-client.ts';
+
+const tracer = trace.getTracer('backupmx-deliverer');
+
+/** How often due retries and expired leases are looked for. */
+export const TICK_MS = 2000;
+
+type TargetState = { state: PrimaryEvent['state']; at: number };
+
+/**
+ * Hands the spool to the next hop. Keeps each target's state from health events (no news, or news
+ * older than three probe intervals, counts as up). Per route one drain runs at a time:
+ * - flush (primary.up, queue.flush): every queued delivery once, ignoring backoff;
+ * - due (mail.spooled while up, and every TICK_MS): deliveries whose retry time has come, and
+ *   those whose lease has expired (a crashed deliverer's work).
+ * A drain stops early when the route stops answering, so a dead primary is not hammered.
+ */
+export function createDeliverer(config: Config, store: Store, broker: Broker, log: Logger) {
+  const owner = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const client = createSmtpClient({ name: config.SMTP_HOSTNAME, maxConnections: config.DELIVERY_CONCURRENCY });
+  const targets = new Map<string, TargetState>();
+  const workers = new Map<string, { running: Promise<void> | null; pending: { flush: boolean } | null }>();
+  const staleAfter = 3 * config.PROBE_INTERVAL + config.PROBE_TIMEOUT;
+  let stopping = false;
+  let ticker: NodeJS.Timeout | null = null;
+
+  function routeDown(route: string, now = Date.now()): boolean {
+    return routeTargets(route).every((target) => {
+      const known = targets.get(formatTarget(target));
+      return known !== undefined && known.state === 'down' && now - known.at < staleAfter;
+    });
+  }
+
+  function kick(route: string, flush: boolean): void {
+    if (stopping) return;
+    let worker = workers.get(route);
+    if (!worker) workers.set(route, (worker = { running: null, pending: null }));
+    worker.pending = { flush: flush || (worker.pending?.flush ?? false) };
+    if (worker.running) return;
+    const current = worker;
+    current.running = (async () => {
+      while (current.pending && !stopping) {
+        const { flush: flushing } = current.pending;
+        current.pending = null;
+        await drain(route, flushing).catch((error: unknown) => log.error({ err: error, route }, 'delivery run failed'));
+      }
+    })().finally(() => {
+      current.running = null;
+    });
+  }
+
+  async function drain(route: string, flush: boolean): Promise<void> {
+    const started = Date.now();
+    let delivered = 0;
+    for (;;) {
+      if (stopping) return;
+      const claims = await store.claim({
+        route,
+        now: Date.now(),
+        leaseMs: config.DELIVERY_LEASE,
+        owner,
+        limit: config.DELIVERY_CONCURRENCY * 2,
+        ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
+      });
+      if (claims.length === 0) break;
+      const results = await Promise.all(claims.map((claim) => deliver(claim)));
+      delivered += results.filter((result) => result === 'answered').length;
+      if (results.includes('unreachable')) {
+        log.warn({ route }, 'next hop unreachable; stopping this delivery run');
+        break;
+      }
+    }
+    if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
+  }
+
+  async function deliver(claim: ClaimedMessage): Promise<'answered' | 'unreachable'> {
+    const { message } = claim;
+    const recipients = claim.deliveries.map((delivery) => delivery.recipient);
+    const attempts = new Map(claim.deliveries.map((delivery) => [delivery.recipient, delivery.attempts + 1]));
+    return tracer.startActiveSpan('smtp.deliver', { attributes: { 'backupmx.queue_id': message.id, 'backupmx.recipients': recipients.length, 'backupmx.route': claim.route } }, async (span) => {
+      try {
+        const attempt = await client.send(routeTargets(claim.route), { from: message.mailFrom, to: recipients }, () => store.readBody(message.id));
+        const now = Date.now();
+        const list = verdicts(recipients, attempt);
+        const outcomes = toOutcomes(list, (recipient) => nextAttemptAt(attempts.get(recipient) ?? 1, config.RETRY_SCHEDULE, now));
+        await store.settle(message.id, owner, outcomes, now);
+        span.setAttribute('backupmx.next_hop', attempt.target);
+        for (const verdict of list) {
+          const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target, result: verdict.result, reply: verdict.reply };
+          if (verdict.result === 'delivered') log.info(fields, 'delivered');
+          else log.warn(fields, verdict.result === 'failed' ? 'delivery failed' : 'delivery deferred');
+        }
+        const unanswered = 'error' in attempt && attempt.error.responseCode === undefined;
+        if (unanswered) span.setStatus({ code: SpanStatusCode.ERROR, message: attempt.error.message });
+        return unanswered ? 'unreachable' : 'answered';
+      } catch (error) {
+        span.recordException(error as Error);
+        log.error({ err: error, queueId: message.id }, 'delivery attempt could not be recorded; the lease will return it');
+        return 'unreachable';
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  function onEvent(key: EventKey, payload: EventPayload): void {
+    if (key === 'primary.up' || key === 'primary.down' || key === 'primary.status') {
+      const event = payload as PrimaryEvent;
+      const previous = targets.get(event.target)?.state;
+      targets.set(event.target, { state: event.state, at: Date.now() });
+      if (event.state === 'up' && (key === 'primary.up' || previous === 'down')) {
+        log.info({ target: event.target }, 'primary is up; flushing');
+        for (const route of knownRoutes) if (route.split(',').includes(event.target)) kick(route, true);
+      }
+    } else if (key === 'mail.spooled') {
+      for (const route of (payload as SpooledEvent).routes) {
+        knownRoutes.add(route);
+        if (!routeDown(route)) kick(route, false);
+      }
+    } else if (key === 'queue.flush') {
+      const { route } = payload as FlushEvent;
+      for (const known of knownRoutes) if (route === undefined || route === known) kick(known, true);
+    }
+  }
+
+  const knownRoutes = new Set(configuredRoutes(config));
+
+  return {
+    owner,
+    async start(): Promise<void> {
+      await broker.subscribe(['primary.up', 'primary.down', 'primary.status', 'mail.spooled', 'queue.flush'], onEvent);
+      const tick = async () => {
+        try {
+          for (const route of await store.routes()) knownRoutes.add(route);
+        } catch (error) {
+          log.warn({ err: error }, 'store not answering');
+        }
+        for (const route of knownRoutes) if (!routeDown(route)) kick(route, false);
+      };
+      ticker = setInterval(() => void tick(), TICK_MS);
+      void tick();
+    },
+    /** For /status: what this deliverer believes of each target. */
+    targets: () => Object.fromEntries(targets),
+    async stop(): Promise<void> {
+      stopping = true;
+      if (ticker) clearInterval(ticker);
+      await Promise.allSettled([...workers.values()].map((worker) => worker.running));
+      client.close();
+    },
+  };
+}

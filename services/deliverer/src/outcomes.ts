@@ -1,0 +1,44 @@
+import type { Outcome } from '@backupmx/shared/types.ts';
+
+/** The parts of nodemailer's result and error we read. */
+export interface SendResult {
+  accepted?: unknown[];
+  rejectedErrors?: SendError[];
+  response?: string;
+}
+export interface SendError {
+  message: string;
+  responseCode?: number;
+  response?: string;
+  recipient?: string;
+  rejectedErrors?: SendError[];
+}
+
+type Verdict = { recipient: string; result: 'delivered' | 'deferred' | 'failed'; reply: string };
+
+const reply = (error: SendError) => (error.response ?? error.message).replace(/\s+/g, ' ').trim();
+const classify = (error: SendError): 'deferred' | 'failed' => (error.responseCode !== undefined && error.responseCode >= 500 ? 'failed' : 'deferred');
+
+/**
+ * Per-recipient verdicts of one SMTP transaction (RFC 5321 4.2.1): 2xx delivered, 4xx or no
+ * answer (connection failure, timeout) deferred, 5xx failed. A recipient refused at RCPT gets its
+ * own reply; the others share the reply to DATA (or the error that ended the transaction).
+ */
+export function verdicts(recipients: readonly string[], outcome: { result: SendResult } | { error: SendError }): Verdict[] {
+  const rejected = 'result' in outcome ? outcome.result.rejectedErrors : outcome.error.rejectedErrors;
+  const byRecipient = new Map<string, SendError>();
+  for (const error of rejected ?? []) if (error.recipient !== undefined) byRecipient.set(error.recipient.toLowerCase(), error);
+  return recipients.map((recipient) => {
+    const own = byRecipient.get(recipient.toLowerCase());
+    if (own) return { recipient, result: classify(own), reply: reply(own) };
+    if ('result' in outcome) return { recipient, result: 'delivered', reply: (outcome.result.response ?? '250 OK').trim() };
+    return { recipient, result: classify(outcome.error), reply: reply(outcome.error) };
+  });
+}
+
+/** Turn verdicts into store outcomes, scheduling deferred ones. */
+export function toOutcomes(list: readonly Verdict[], retryAt: (recipient: string) => number): Outcome[] {
+  return list.map((verdict) =>
+    verdict.result === 'deferred' ? { ...verdict, result: 'deferred', nextAttemptAt: retryAt(verdict.recipient) } : { ...verdict, result: verdict.result },
+  );
+}

@@ -1,0 +1,39 @@
+/**
+ * Single-process mode (`npm start`): ingress, spool, health and deliverer in one process, joined by
+ * the in-process broker (or RabbitMQ when AMQP_URL is set), with the SQLite store under DATA_DIR.
+ */
+import { join } from 'node:path';
+import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
+import { createLogger } from '@backupmx/shared/logger.ts';
+import { createMemoryBroker } from '@backupmx/shared/memory-broker.ts';
+import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime.ts';
+import { createDeliverer } from '@backupmx/deliverer/src/deliverer.ts';
+import { createMonitor } from '@backupmx/health/src/monitor.ts';
+import { startIngress } from '@backupmx/ingress/src/ingress.ts';
+import { startSpool } from '@backupmx/spool/src/spool.ts';
+
+const config = configOrExit('all');
+const log = createLogger('backupmx', config.LOG_LEVEL);
+const store = await openStore(config, log);
+const broker = config.AMQP_URL ? await connectBroker(config, 'all', log) : createMemoryBroker(join(config.DATA_DIR, 'dead'), log);
+await startSpool(config, store, broker, log);
+const deliverer = createDeliverer(config, store, broker, log);
+await deliverer.start();
+const monitor = createMonitor(config, broker, log);
+monitor.start();
+const ingress = await startIngress(config, broker, log);
+const http = await startHttp({
+  host: config.HTTP_HOST,
+  port: config.HTTP_PORT,
+  log,
+  ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening() }),
+  routes: (app) => app.get('/status', (_req, res) => void res.json({ targets: monitor.status() })),
+});
+onShutdown(log, async () => {
+  await ingress.stop();
+  await monitor.stop();
+  await deliverer.stop();
+  await broker.close();
+  await store.close();
+  await closeHttp(http);
+});
