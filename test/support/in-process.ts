@@ -1,0 +1,32 @@
+import { join } from 'node:path';
+import { loadConfig, type Config } from '../../shared/src/config.ts';
+import { createLogger } from '../../shared/src/logger.ts';
+import { createMemoryBroker } from '../../shared/src/memory-broker.ts';
+import { openSqliteStore } from '../../shared/src/sqlite-store.ts';
+import { startIngress } from '../../services/ingress/src/ingress.ts';
+import { startSpool } from '../../services/spool/src/spool.ts';
+import { freePort, tempDir } from './util.ts';
+
+/** Ingress and spool in this process with the in-process broker and a fresh SQLite store. */
+export async function startIngressWithSpool(env: Record<string, string>) {
+  const dir = tempDir();
+  const port = await freePort();
+  const config: Config = loadConfig({ PRIMARY: '127.0.0.1:1', SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), SMTP_HOSTNAME: 'backup.example.test', DATA_DIR: dir.path, ...env });
+  const log = createLogger('test', 'silent');
+  const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
+  const broker = createMemoryBroker(join(dir.path, 'dead'), log);
+  await startSpool(config, store, broker, log);
+  const ingress = await startIngress(config, broker, log);
+  return {
+    port,
+    config,
+    store,
+    broker,
+    async close() {
+      await ingress.stop();
+      await broker.close();
+      await store.close();
+      dir.remove();
+    },
+  };
+}

@@ -1,0 +1,48 @@
+import { Buffer } from 'node:buffer';
+import type { AddressInfo } from 'node:net';
+import { SMTPServer } from 'smtp-server';
+
+export interface Received {
+  from: string;
+  to: string[];
+  raw: Buffer;
+}
+
+/**
+ * A real SMTP server playing the primary: records every message it accepts (envelope and exact
+ * bytes). `reject` maps a recipient to the reply code it gets at RCPT.
+ */
+export async function startPrimary(options: { port?: number; reject?: Record<string, number> } = {}) {
+  const messages: Received[] = [];
+  const server = new SMTPServer({
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    logger: false,
+    hideENHANCEDSTATUSCODES: false,
+    onRcptTo(address, _session, callback) {
+      const code = options.reject?.[address.address];
+      if (code) return callback(Object.assign(new Error(`${code >= 500 ? '5.1.1' : '4.2.1'} no thanks`), { responseCode: code }));
+      callback();
+    },
+    onData(stream, session, callback) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+      stream.on('end', () => {
+        messages.push({
+          from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+          to: session.envelope.rcptTo.map((rcpt) => rcpt.address),
+          raw: Buffer.concat(chunks),
+        });
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.server.once('error', reject);
+    server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
+  });
+  return {
+    port: (server.server.address() as AddressInfo).port,
+    messages,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
