@@ -95,7 +95,12 @@ export const configSchema = z.strictObject({
 export type Config = z.infer<typeof configSchema>;
 
 /** Thrown for a bad configuration; the message is one line naming the key. */
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  constructor(message: string) {
+    // Keys, file names and parser messages may hold line breaks; the message stays one line.
+    super(message.replace(/\s*[\r\n]+\s*/g, ' '));
+  }
+}
 
 export function parseTarget(text: string): Target | null {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(text.trim());
@@ -135,7 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const value = env[key];
     if (value !== undefined && value !== '') raw[key] = value;
   }
-  const result = configSchema.safeParse(raw);
+  const result = configSchema.safeParse(raw, { reportInput: true }); // issue.input tells missing from bad
   if (!result.success) {
     const issue = result.error.issues[0];
     const key = issue?.path.length ? issue.path.map(String).join('.') : '(config)';

@@ -17,6 +17,7 @@ export async function startPrimary(options: { port?: number; reject?: Record<str
   const server = new SMTPServer({
     disabledCommands: ['AUTH', 'STARTTLS'],
     logger: false,
+    closeTimeout: 500,
     hideENHANCEDSTATUSCODES: false,
     onRcptTo(address, _session, callback) {
       const code = options.reject?.[address.address];

@@ -38,6 +38,9 @@ export function createSmtpClient(options: ClientOptions) {
         maxConnections: options.maxConnections,
         maxMessages: 1000,
         maxRequeues: 0,
+        // Close a cached connection after 5 s idle (Postfix keeps them 2 s): a primary that is
+        // flushed is not left holding our sessions.
+        idleTimeout: 5000,
         // Opportunistic STARTTLS without certificate checks, as Postfix's smtp_tls_security_level=may.
         tls: { rejectUnauthorized: false },
         connectionTimeout: 30_000,
