@@ -10,9 +10,9 @@ export interface Received {
 
 /**
  * A real SMTP server playing the primary: records every message it accepts (envelope and exact
- * bytes). `reject` maps a recipient to the reply code it gets at RCPT.
+ * bytes). `reject` maps a recipient to the reply code it gets at RCPT; `delayMs` slows each DATA.
  */
-export async function startPrimary(options: { port?: number; reject?: Record<string, number> } = {}) {
+export async function startPrimary(options: { port?: number; reject?: Record<string, number>; delayMs?: number } = {}) {
   const messages: Received[] = [];
   const server = new SMTPServer({
     disabledCommands: ['AUTH', 'STARTTLS'],
@@ -27,7 +27,8 @@ export async function startPrimary(options: { port?: number; reject?: Record<str
     onData(stream, session, callback) {
       const chunks: Buffer[] = [];
       stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-      stream.on('end', () => {
+      stream.on('end', async () => {
+        if (options.delayMs) await new Promise((resolve) => setTimeout(resolve, options.delayMs));
         messages.push({
           from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
           to: session.envelope.rcptTo.map((rcpt) => rcpt.address),

@@ -30,7 +30,9 @@ export function addressLiteral(address: string): string {
  * with CRLF + tab; the result ends with CRLF.
  */
 export function receivedHeader(fields: ReceivedFields): string {
-  const helo = fields.helo.replace(/[^\x21-\x7e]/g, '') || 'unknown';
+  // Drop spaces and controls; neuter comment, quoting and address characters as Postfix does, so
+  // an unbalanced "(" cannot turn the rest of the field into a comment.
+  const helo = fields.helo.replace(/[^\x21-\x7e]/g, '').replace(/[()<>"\\;@]/g, '?') || 'unknown';
   const lines = [
     `Received: from ${helo} (${addressLiteral(fields.clientAddress)})`,
     `\tby ${fields.by} (backupmx) with ${fields.protocol} id ${fields.id}`,
