@@ -1,0 +1,46 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ENTRY, ROOT } from './support/processes.ts';
+import { tempDir } from './support/util.ts';
+
+/** What an administrator sees when the configuration is wrong: one line naming the key, exit 78. */
+function run(entry: keyof typeof ENTRY, env: Record<string, string>) {
+  const result = spawnSync(process.execPath, [join(ROOT, ENTRY[entry])], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 30_000 });
+  return { code: result.status, stderr: result.stderr, stdout: result.stdout };
+}
+
+describe('start-up errors', () => {
+  const good = { RELAY_DOMAINS: 'example.test', PRIMARY: '127.0.0.1:2526', SMTP_PORT: '0', HTTP_PORT: '0' };
+
+  for (const service of ['ingress', 'spool', 'health', 'deliverer'] as const) {
+    it(`${service} alone without AMQP_URL exits with one line saying it needs a broker`, () => {
+      const dir = tempDir();
+      try {
+        const { code, stderr, stdout } = run(service, { ...good, DATA_DIR: dir.path });
+        assert.equal(code, 78);
+        assert.equal(stderr, `backupmx ${service}: configuration: AMQP_URL is required to run this service on its own (or run every service in one process with "npm start")\n`);
+        assert.equal(stdout, '');
+      } finally {
+        dir.remove();
+      }
+    });
+  }
+
+  const bad: Array<[string, Record<string, string>, RegExp]> = [
+    ['RELAY_DOMAINS missing', { PRIMARY: '127.0.0.1:2526' }, /^backupmx all: configuration: RELAY_DOMAINS: is required\n$/],
+    ['PRIMARY missing', { RELAY_DOMAINS: 'example.test' }, /^backupmx all: configuration: PRIMARY: is required\n$/],
+    ['SMTP_PORT not a number', { ...good, SMTP_PORT: 'twenty-five' }, /^backupmx all: configuration: SMTP_PORT: expected a whole number from 0 to 65535\n$/],
+    ['QUEUE_LIFETIME not a duration', { ...good, QUEUE_LIFETIME: 'a while' }, /^backupmx all: configuration: QUEUE_LIFETIME: expected a duration such as 30s, 5m, 1h or 5d\n$/],
+    ['AMQP_URL of the wrong scheme', { ...good, AMQP_URL: 'http://127.0.0.1:5672' }, /^backupmx all: configuration: AMQP_URL: expected amqp:\/\/user:pass@host:port\/vhost\n$/],
+    ['a config file that does not exist', { ...good, BACKUPMX_CONFIG: '/nonexistent/backupmx.yml' }, /^backupmx all: configuration: BACKUPMX_CONFIG: cannot read \/nonexistent\/backupmx.yml: .*\n$/],
+  ];
+  for (const [what, env, expected] of bad) {
+    it(`npm start with ${what} exits 78 with one line naming the key`, () => {
+      const { code, stderr } = run('all', env);
+      assert.equal(code, 78);
+      assert.match(stderr, expected);
+    });
+  }
+});
