@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { join } from 'node:path';
+import amqp from 'amqplib';
+import { openSqliteStore } from '../shared/src/sqlite-store.ts';
 import { startPrimary } from './support/primary.ts';
 import { spawnService, waitReady, type Service } from './support/processes.ts';
 import { assertAllDelivered, queueIdOf, sendMessages } from './support/mail.ts';
@@ -141,6 +143,46 @@ describe('two deliverers, one killed with SIGKILL in the middle of a flush', () 
       assertAllDelivered(sent, primary.messages);
     } finally {
       await primary.close();
+    }
+  });
+});
+
+describe('spool over RabbitMQ: messages it cannot understand', () => {
+  let system: Awaited<ReturnType<typeof cluster>>;
+  before(async () => {
+    system = await cluster('dead');
+  });
+  after(() => system.close());
+
+  it('go to the dead-letter queue backupmx.dead, with their bytes, and are not spooled', async () => {
+    await system.start('spool', 'spool');
+    const connection = await amqp.connect(system.env.AMQP_URL);
+    try {
+      const channel = await connection.createConfirmChannel();
+      const envelope = JSON.stringify({ mailFrom: 'a@origin.test', rcptTo: ['u@example.test'] });
+      const publish = (id: string, body: string, headers: Record<string, string>) =>
+        new Promise<void>((resolve, reject) => channel.publish('backupmx.mail', 'mail.received', Buffer.from(body), { messageId: id, persistent: true, headers }, (error) => (error ? reject(error) : resolve())));
+      await publish('NOHEADERS00000001', 'no header here\r\n\r\nbody\r\n', { 'x-envelope': envelope });
+      await publish('NOENVELOPE0000001', 'Subject: fine\r\n\r\nbody\r\n', {});
+      const dead = await waitFor('two dead letters', async () => ((await channel.checkQueue('backupmx.dead')).messageCount === 2 ? true : null), 15_000);
+      assert.ok(dead);
+      const ids: string[] = [];
+      for (let index = 0; index < 2; index++) {
+        const message = await channel.get('backupmx.dead', { noAck: true });
+        assert.ok(message);
+        ids.push(String(message.properties.messageId));
+        if (message.properties.messageId === 'NOHEADERS00000001') assert.equal(message.content.toString(), 'no header here\r\n\r\nbody\r\n');
+      }
+      assert.deepEqual(ids.sort(), ['NOENVELOPE0000001', 'NOHEADERS00000001']);
+      assert.equal((await channel.checkQueue('backupmx.spool')).messageCount, 0);
+    } finally {
+      await connection.close();
+    }
+    const store = await openSqliteStore(join(system.env.DATA_DIR, 'spool.sqlite'));
+    try {
+      assert.equal((await store.stats()).messages, 0);
+    } finally {
+      await store.close();
     }
   });
 });

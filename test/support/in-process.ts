@@ -5,10 +5,14 @@ import { createMemoryBroker } from '../../shared/src/memory-broker.ts';
 import { openSqliteStore } from '../../shared/src/sqlite-store.ts';
 import { startIngress } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
+import { createDeliverer } from '../../services/deliverer/src/deliverer.ts';
 import { freePort, tempDir } from './util.ts';
 
-/** Ingress and spool in this process with the in-process broker and a fresh SQLite store. */
-export async function startIngressWithSpool(env: Record<string, string>) {
+/**
+ * Ingress and spool (and, with `deliver`, a deliverer) in this process with the in-process broker
+ * and a fresh SQLite store.
+ */
+export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean } = {}) {
   const dir = tempDir();
   const port = await freePort();
   const config: Config = loadConfig({ PRIMARY: '127.0.0.1:1', SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), SMTP_HOSTNAME: 'backup.example.test', DATA_DIR: dir.path, ...env });
@@ -16,14 +20,18 @@ export async function startIngressWithSpool(env: Record<string, string>) {
   const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
   const broker = createMemoryBroker(join(dir.path, 'dead'), log);
   await startSpool(config, store, broker, log);
+  const deliverer = options.deliver ? createDeliverer(config, store, broker, log) : null;
+  await deliverer?.start();
   const ingress = await startIngress(config, broker, log);
   return {
+    dataDir: dir.path,
     port,
     config,
     store,
     broker,
     async close() {
       await ingress.stop();
+      await deliverer?.stop();
       await broker.close();
       await store.close();
       dir.remove();
