@@ -2,6 +2,7 @@
  * Single-process mode (`npm start`): ingress, spool, health and deliverer in one process, joined by
  * the in-process broker (or RabbitMQ when AMQP_URL is set), with the SQLite store under DATA_DIR.
  */
+import '@backupmx/shared/telemetry.ts';
 import { join } from 'node:path';
 import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
 import { createLogger } from '@backupmx/shared/logger.ts';
@@ -10,6 +11,7 @@ import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/sh
 import { createDeliverer } from '@backupmx/deliverer/src/deliverer.ts';
 import { createMonitor } from '@backupmx/health/src/monitor.ts';
 import { startIngress } from '@backupmx/ingress/src/ingress.ts';
+import { startOperations } from '@backupmx/spool/src/operations.ts';
 import { startSpool } from '@backupmx/spool/src/spool.ts';
 
 const config = configOrExit('all');
@@ -17,6 +19,7 @@ const log = createLogger('backupmx', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = config.AMQP_URL ? await connectBroker(config, 'all', log) : createMemoryBroker(join(config.DATA_DIR, 'dead'), log);
 await startSpool(config, store, broker, log);
+const operations = await startOperations(config, store, broker, log);
 const deliverer = createDeliverer(config, store, broker, log);
 await deliverer.start();
 const monitor = createMonitor(config, broker, log);
@@ -27,9 +30,13 @@ const http = await startHttp({
   port: config.HTTP_PORT,
   log,
   ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening() }),
-  routes: (app) => app.get('/status', (_req, res) => void res.json({ targets: monitor.status() })),
+  routes: (app) => {
+    app.get('/status', (_req, res) => void res.json({ targets: monitor.status() }));
+    operations.routes(app);
+  },
 });
 onShutdown(log, async () => {
+  await operations.stop();
   await ingress.stop();
   await monitor.stop();
   await deliverer.stop();

@@ -167,6 +167,16 @@ describe('delivery outcomes', () => {
     assert.ok(!('nextAttemptAt' in (outcomes[1] ?? {})));
   });
 
+  it('records on every outcome the next hop that gave the reply', () => {
+    const outcomes = toOutcomes(list, () => NOW + MINUTE, '10.0.0.5:25');
+    assert.deepEqual(outcomes.map((outcome) => [outcome.result, outcome.nextHop]), [
+      ['delivered', '10.0.0.5:25'],
+      ['failed', '10.0.0.5:25'],
+      ['deferred', '10.0.0.5:25'],
+    ]);
+    assert.deepEqual(toOutcomes(list, () => NOW, null).map((outcome) => outcome.nextHop), [null, null, null], 'no target answered');
+  });
+
   it('asks for each deferred recipient its own next attempt time', () => {
     const deferred = verdicts(['a@example.test', 'b@example.test'], { error: { message: 'Connection timeout' } });
     const attempts = new Map([['a@example.test', 1], ['b@example.test', 7]]);

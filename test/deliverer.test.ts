@@ -8,13 +8,15 @@ import { startPrimary } from './support/primary.ts';
 import { freePort, waitFor } from './support/util.ts';
 
 /**
- * What happens to each recipient when a real primary answers: 2xx delivered (and gone from the
- * spool), 4xx deferred and retried on RETRY_SCHEDULE, 5xx failed with the primary's reply kept.
+ * What happens to each recipient when a real primary answers: 2xx delivered (kept as a record, out
+ * of the queue), 4xx deferred and retried on RETRY_SCHEDULE, 5xx failed with the primary's reply kept.
  */
 describe('deliverer: per-recipient outcomes and retries', () => {
   let system: Awaited<ReturnType<typeof startIngressWithSpool>>;
   let primary: Awaited<ReturnType<typeof startPrimary>>;
   const reject: Record<string, number> = { 'bad@example.test': 550, 'later@example.test': 451 };
+  /** The message of the first test, with a failed recipient. */
+  let partial = '';
 
   before(async () => {
     primary = await startPrimary({ reject });
@@ -43,8 +45,27 @@ describe('deliverer: per-recipient outcomes and retries', () => {
       const record = await system.store.getMessage(id);
       return record?.deliveries.every((delivery) => delivery.attempts === 1) ? record : null;
     });
+    partial = id;
     const byRecipient = Object.fromEntries(state.deliveries.map((delivery) => [delivery.recipient, delivery]));
-    assert.deepEqual(Object.keys(byRecipient).sort(), ['bad@example.test', 'later@example.test'], 'delivered recipients leave the spool');
+    const nextHop = `127.0.0.1:${primary.port}`;
+    for (const recipient of ['ok1@example.test', 'ok2@example.test']) {
+      const delivery = byRecipient[recipient];
+      assert.equal(delivery?.state, 'delivered', `${recipient} is recorded as delivered`);
+      assert.ok(delivery.settledAt !== null && delivery.settledAt === delivery.lastAttemptAt, `${recipient} has settledAt`);
+      assert.match(delivery.lastReply ?? '', /^250 /);
+      assert.equal(delivery.lastNextHop, nextHop);
+    }
+    assert.deepEqual(
+      state.attempts.map((attempt) => [attempt.recipient, attempt.result, attempt.nextHop]).sort(),
+      [
+        ['bad@example.test', 'failed', nextHop],
+        ['later@example.test', 'deferred', nextHop],
+        ['ok1@example.test', 'delivered', nextHop],
+        ['ok2@example.test', 'delivered', nextHop],
+      ],
+    );
+    const stats = await system.store.stats();
+    assert.deepEqual([stats.delivered, stats.failed, stats.messages], [2, 1, 1], 'the message still counts: later@ is queued');
     assert.equal(byRecipient['bad@example.test']?.state, 'failed');
     assert.match(byRecipient['bad@example.test']?.lastReply ?? '', /^550 5\.1\.1 no thanks/);
     assert.equal(byRecipient['later@example.test']?.state, 'queued');
@@ -57,11 +78,25 @@ describe('deliverer: per-recipient outcomes and retries', () => {
     delete reject['later@example.test'];
     const retried = await waitFor('the retry', () => primary.messages.find((message) => message.to.includes('later@example.test')), 10_000);
     assert.deepEqual(retried.to, ['later@example.test']);
-    const failedOnly = await waitFor('only the failed record left', async () => {
+    const failedOnly = await waitFor('nothing left to deliver', async () => {
       const stats = await system.store.stats();
       return stats.failed === 1 && Object.values(stats.queued).every((count) => count === 0) ? stats : null;
     });
-    assert.equal(failedOnly.messages, 1, 'the message stays only for its failed recipient');
+    assert.equal(failedOnly.delivered, 3);
+    assert.equal(failedOnly.messages, 0, 'a message with only delivered and failed recipients is out of the queue');
+    const record = await system.store.getMessage(partial);
+    assert.deepEqual(
+      record?.deliveries.map((delivery) => [delivery.recipient, delivery.state]),
+      [
+        ['ok1@example.test', 'delivered'],
+        ['bad@example.test', 'failed'],
+        ['later@example.test', 'delivered'],
+        ['ok2@example.test', 'delivered'],
+      ],
+      'the failed recipient is kept as a record, with the others',
+    );
+    assert.match(record?.deliveries[1]?.lastReply ?? '', /^550 5\.1\.1 no thanks/);
+    await assert.rejects(system.store.readBody(partial), 'the body is removed once nothing is left to deliver');
   });
 
   it('flushes deferred mail at once on queue.flush, ignoring the backoff', async () => {
@@ -74,7 +109,8 @@ describe('deliverer: per-recipient outcomes and retries', () => {
     delete reject['slow@example.test'];
     system.broker.publishEvent('queue.flush', {});
     await waitFor('the flushed delivery', () => primary.messages.find((message) => message.raw.includes(`id ${id}`)), 5_000);
-    await waitFor('the message to leave the spool', async () => (await system.store.getMessage(id)) === null);
+    await waitFor('the delivery recorded', async () => (await system.store.getMessage(id))?.deliveries[0]?.state === 'delivered');
+    await assert.rejects(system.store.readBody(id), 'the delivered message left the spool: its body is gone');
   });
 
   it('defers every recipient when the primary cannot be reached, and keeps the message', async () => {

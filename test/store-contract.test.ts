@@ -11,8 +11,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import type { Store } from '../shared/src/store.ts';
-import type { ReceivedMail } from '../shared/src/types.ts';
+import { DatabaseSync } from 'node:sqlite';
+import { createLogger } from '../shared/src/logger.ts';
+import type { Logger } from '../shared/src/logger.ts';
+import type { QueueStats, Store } from '../shared/src/store.ts';
+import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
 import { openSqliteStore } from '../shared/src/sqlite-store.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
@@ -47,6 +50,46 @@ function keys(claimed: Awaited<ReturnType<Store['claim']>>): string[] {
   return claimed.flatMap((c) => c.deliveries.map((d) => `${d.messageId} ${d.recipient}`));
 }
 
+/** What getMessage says of a message put with mail(id, rcptTo, receivedAt) and nothing else. */
+function info(id: string, rcptTo: string[], receivedAt: number): MessageInfo {
+  return {
+    id,
+    mailFrom: 'sender@example.org',
+    recipients: [...new Set(rcptTo)],
+    envelope: { mailFrom: 'sender@example.org', rcptTo },
+    size: mail(id, [], 0).body.length,
+    receivedAt,
+    trace: {},
+    delayWarnedAt: null,
+  };
+}
+
+/** A delivery as put leaves it: queued, never attempted, due at receivedAt. */
+function untried(messageId: string, recipient: string, route: string, nextAttemptAt: number): Delivery {
+  return {
+    messageId,
+    recipient,
+    route,
+    state: 'queued',
+    attempts: 0,
+    nextAttemptAt,
+    lastAttemptAt: null,
+    lastReply: null,
+    lastNextHop: null,
+    settledAt: null,
+  };
+}
+
+const EMPTY: QueueStats = { queued: {}, held: 0, delivered: 0, failed: 0, messages: 0, oldestQueuedAt: null };
+
+/** Nothing is claimable, however asked: by route, any route, ignoring the schedule, by the expiry sweep. */
+async function assertNothingClaimable(store: Store, now: number): Promise<void> {
+  const base = { now, leaseMs: MIN, owner: 'prober', limit: 100 };
+  for (const extra of [{}, { ignoreSchedule: true }, { receivedBefore: now + 1 }]) {
+    assert.deepEqual(await store.claim({ ...base, ...extra }), [], `claim ${JSON.stringify(extra)}`);
+  }
+}
+
 function contract(name: string, fresh: () => Promise<Backend>): void {
   describe(`store contract: ${name}`, () => {
     let backend: Backend;
@@ -78,26 +121,49 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.equal(await store.put(mail('m1', rcpts, T0), via('r1', rcpts)), true);
       const got = await store.getMessage('m1');
       assert.ok(got);
-      assert.deepEqual(got.message, {
-        id: 'm1',
-        mailFrom: 'sender@example.org',
-        recipients: ['a@x.test', 'b@x.test', 'A@x.test'],
-        size: mail('m1', [], T0).body.length,
-        receivedAt: T0,
+      assert.deepEqual(got, {
+        message: {
+          id: 'm1',
+          mailFrom: 'sender@example.org',
+          recipients: ['a@x.test', 'b@x.test', 'A@x.test'],
+          envelope: { mailFrom: 'sender@example.org', rcptTo: rcpts },
+          size: mail('m1', [], T0).body.length,
+          receivedAt: T0,
+          trace: {},
+          delayWarnedAt: null,
+        },
+        deliveries: ['a@x.test', 'b@x.test', 'A@x.test'].map((r) => untried('m1', r, 'r1', T0)),
+        attempts: [],
       });
-      assert.deepEqual(
-        got.deliveries,
-        ['a@x.test', 'b@x.test', 'A@x.test'].map((recipient) => ({
-          messageId: 'm1',
-          recipient,
-          route: 'r1',
-          state: 'queued',
-          attempts: 0,
-          nextAttemptAt: T0,
-          lastAttemptAt: null,
-          lastReply: null,
-        })),
-      );
+    });
+
+    it('put keeps the whole envelope (DSN parameters, SMTPUTF8, 8BITMIME, client) and the trace context', async () => {
+      const rcpts = ['a@x.test', 'b@x.test', 'c@x.test'];
+      const m = mail('m1', rcpts, T0);
+      m.envelope = {
+        mailFrom: 'sender@example.org',
+        rcptTo: rcpts,
+        ret: 'HDRS',
+        envid: 'QQ314159+2Bx',
+        dsn: { 'a@x.test': { notify: ['SUCCESS', 'DELAY'], orcpt: 'rfc822;A@x.test' }, 'b@x.test': { notify: ['NEVER'] } },
+        smtputf8: true,
+        body8bit: true,
+        clientHelo: 'client.origin.test',
+        clientAddress: '2001:db8::25',
+      };
+      m.trace = { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', tracestate: 'vendor=x' };
+      const envelope = structuredClone(m.envelope);
+      await store.put(m, via('r1', rcpts));
+
+      const expected = { ...info('m1', rcpts, T0), envelope, trace: { ...m.trace } };
+      assert.deepEqual((await store.getMessage('m1'))?.message, expected);
+      assert.deepEqual((await store.list({})).items[0]?.message, expected);
+      const [claimed] = await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 1 });
+      assert.deepEqual(claimed?.message, expected, 'the deliverer gets the DSN parameters with its claim');
+
+      await store.close();
+      store = await backend.open();
+      assert.deepEqual((await store.getMessage('m1'))?.message, expected);
     });
 
     it('put keeps the null sender and routes each recipient to its own next hop', async () => {
@@ -159,7 +225,7 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
 
     it('getMessage of an unknown id is null; readBody of an unknown id rejects', async () => {
       assert.equal(await store.getMessage('nope'), null);
-      await assert.rejects(store.readBody('nope'), Error);
+      await assert.rejects(store.readBody('nope'), /nope/);
     });
 
     it('claim returns due work of one route, grouped by message, oldest first, at most limit messages', async () => {
@@ -183,13 +249,7 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
           ['m3', 'r1', ['c1@x.test']],
         ],
       );
-      assert.deepEqual(first[0]?.message, {
-        id: 'm1',
-        mailFrom: 'sender@example.org',
-        recipients: ['a1@x.test', 'a2@y.test', 'a3@x.test'],
-        size: mail('m1', [], 0).body.length,
-        receivedAt: T0 + 1,
-      });
+      assert.deepEqual(first[0]?.message, info('m1', ['a1@x.test', 'a2@y.test', 'a3@x.test'], T0 + 1));
       for (const d of first.flatMap((c) => c.deliveries)) {
         assert.equal(d.state, 'queued');
         assert.equal(d.route, 'r1');
@@ -262,22 +322,41 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.deepEqual(new Set(claimed), all);
     });
 
-    it('settle delivered removes the delivery, and the message with its body when none is left', async () => {
+    it('settle delivered keeps the delivery as a record; the body goes once nothing is queued or held', async () => {
       await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
       await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
 
-      await store.settle('m1', 'w1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 2.0.0 ok' }], T0 + 1);
-      const got = await store.getMessage('m1');
-      assert.deepEqual(got?.deliveries.map((d) => d.recipient), ['b@x.test']);
-      assert.ok(await bodyOf(store, 'm1'));
+      await store.settle('m1', 'w1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 2.0.0 ok', nextHop: '10.0.0.5:25' }], T0 + 1);
+      let got = await store.getMessage('m1');
+      assert.deepEqual(got?.deliveries[0], {
+        messageId: 'm1',
+        recipient: 'a@x.test',
+        route: 'r1',
+        state: 'delivered',
+        attempts: 1,
+        nextAttemptAt: T0,
+        lastAttemptAt: T0 + 1,
+        lastReply: '250 2.0.0 ok',
+        lastNextHop: '10.0.0.5:25',
+        settledAt: T0 + 1,
+      });
+      assert.equal(got?.deliveries[1]?.state, 'queued');
+      assert.ok(await bodyOf(store, 'm1'), 'b@x.test still needs the body');
+      assert.deepEqual(await store.stats(), { ...EMPTY, queued: { r1: 1 }, delivered: 1, messages: 1, oldestQueuedAt: T0 });
 
-      await store.settle('m1', 'w1', [{ recipient: 'b@x.test', result: 'delivered', reply: '250 2.0.0 ok' }], T0 + 2);
-      assert.equal(await store.getMessage('m1'), null);
-      await assert.rejects(store.readBody('m1'));
-      assert.deepEqual(await store.stats(), { queued: {}, failed: 0, messages: 0, oldestQueuedAt: null });
+      await store.settle('m1', 'w1', [{ recipient: 'b@x.test', result: 'delivered', reply: '250 2.0.0 ok', nextHop: '10.0.0.5:25' }], T0 + 2);
+      got = await store.getMessage('m1');
+      assert.ok(got, 'the message is kept as a record');
+      assert.deepEqual(got.message, info('m1', ['a@x.test', 'b@x.test'], T0));
+      assert.deepEqual(got.deliveries.map((d) => [d.recipient, d.state, d.settledAt]), [
+        ['a@x.test', 'delivered', T0 + 1],
+        ['b@x.test', 'delivered', T0 + 2],
+      ]);
+      await assert.rejects(store.readBody('m1'), /m1/, 'the body is gone');
+      assert.deepEqual(await store.stats(), { ...EMPTY, delivered: 2 });
       assert.deepEqual(await store.routes(), []);
       assert.equal(await store.nextDue('r1'), null);
-      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + 10 * MIN, ignoreSchedule: true, leaseMs: MIN, owner: 'w2', limit: 10 }), []);
+      await assertNothingClaimable(store, T0 + 10 * MIN);
     });
 
     it('settle deferred queues again at nextAttemptAt; ignoreSchedule claims it early; notAttemptedSince excludes it', async () => {
@@ -285,7 +364,12 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
       const attemptAt = T0 + 1000;
       const retryAt = T0 + 30 * MIN;
-      await store.settle('m1', 'w1', [{ recipient: 'a@x.test', result: 'deferred', reply: '421 4.4.2 busy', nextAttemptAt: retryAt }], attemptAt);
+      await store.settle(
+        'm1',
+        'w1',
+        [{ recipient: 'a@x.test', result: 'deferred', reply: '421 4.4.2 busy', nextAttemptAt: retryAt, nextHop: '10.0.0.5:25' }],
+        attemptAt,
+      );
 
       const d = (await store.getMessage('m1'))?.deliveries[0];
       assert.deepEqual(d, {
@@ -297,7 +381,10 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
         nextAttemptAt: retryAt,
         lastAttemptAt: attemptAt,
         lastReply: '421 4.4.2 busy',
+        lastNextHop: '10.0.0.5:25',
+        settledAt: null,
       });
+      assert.ok(await bodyOf(store, 'm1'), 'a deferred delivery keeps the body');
       assert.equal(await store.nextDue('r1'), retryAt);
 
       // The lease was released, but it is not due yet.
@@ -336,33 +423,70 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
         'm1',
         'w1',
         [
-          { recipient: 'a@x.test', result: 'failed', reply: '550 5.1.1 no such user' },
-          { recipient: 'b@x.test', result: 'delivered', reply: '250 ok' },
+          { recipient: 'a@x.test', result: 'failed', reply: '550 5.1.1 no such user', nextHop: '10.0.0.5:25' },
+          { recipient: 'b@x.test', result: 'delivered', reply: '250 ok', nextHop: '10.0.0.5:25' },
         ],
         T0 + 5,
       );
       const got = await store.getMessage('m1');
       assert.ok(got, 'a message with a failed delivery is kept');
-      assert.deepEqual(got.deliveries, [
-        {
-          messageId: 'm1',
-          recipient: 'a@x.test',
-          route: 'r1',
-          state: 'failed',
-          attempts: 1,
-          nextAttemptAt: T0,
-          lastAttemptAt: T0 + 5,
-          lastReply: '550 5.1.1 no such user',
-        },
-      ]);
-      assert.ok(await bodyOf(store, 'm1'));
-      for (const now of [T0 + MIN, T0 + 365 * 24 * 60 * MIN]) {
-        assert.deepEqual(await store.claim({ route: 'r1', now, leaseMs: MIN, owner: 'w2', limit: 10 }), []);
-        assert.deepEqual(await store.claim({ route: 'r1', now, ignoreSchedule: true, leaseMs: MIN, owner: 'w2', limit: 10 }), []);
-      }
+      assert.deepEqual(got.deliveries[0], {
+        messageId: 'm1',
+        recipient: 'a@x.test',
+        route: 'r1',
+        state: 'failed',
+        attempts: 1,
+        nextAttemptAt: T0,
+        lastAttemptAt: T0 + 5,
+        lastReply: '550 5.1.1 no such user',
+        lastNextHop: '10.0.0.5:25',
+        settledAt: T0 + 5,
+      });
+      assert.equal(got.deliveries[1]?.state, 'delivered');
+      await assert.rejects(store.readBody('m1'), /m1/, 'nothing left to deliver: the body is gone');
+      for (const now of [T0 + MIN, T0 + 365 * 24 * 60 * MIN]) await assertNothingClaimable(store, now);
       assert.deepEqual(await store.routes(), []);
       assert.equal(await store.nextDue('r1'), null);
-      assert.deepEqual(await store.stats(), { queued: {}, failed: 1, messages: 1, oldestQueuedAt: null });
+      assert.deepEqual(await store.stats(), { ...EMPTY, delivered: 1, failed: 1 });
+    });
+
+    it('settle appends one attempt record per outcome, oldest first, with the next hop that answered', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
+      await store.settle(
+        'm1',
+        'w1',
+        [
+          { recipient: 'a@x.test', result: 'deferred', reply: '451 4.3.0 try later', nextAttemptAt: T0 + MIN, nextHop: '10.0.0.5:25' },
+          { recipient: 'b@x.test', result: 'deferred', reply: 'connect ECONNREFUSED', nextAttemptAt: T0 + MIN },
+        ],
+        T0 + 10,
+      );
+      assert.equal((await store.getMessage('m1'))?.deliveries[1]?.lastNextHop, null, 'no next hop answered');
+      await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w2', limit: 10 });
+      await store.settle(
+        'm1',
+        'w2',
+        [
+          { recipient: 'b@x.test', result: 'failed', reply: '550 5.1.1 no such user', nextHop: '10.0.0.5:25' },
+          { recipient: 'a@x.test', result: 'delivered', reply: '250 2.0.0 ok', nextHop: '10.0.0.6:25' },
+        ],
+        T0 + MIN + 5,
+      );
+      const got = await store.getMessage('m1');
+      assert.deepEqual(got?.attempts, [
+        { recipient: 'a@x.test', at: T0 + 10, nextHop: '10.0.0.5:25', result: 'deferred', reply: '451 4.3.0 try later' },
+        { recipient: 'b@x.test', at: T0 + 10, nextHop: null, result: 'deferred', reply: 'connect ECONNREFUSED' },
+        { recipient: 'b@x.test', at: T0 + MIN + 5, nextHop: '10.0.0.5:25', result: 'failed', reply: '550 5.1.1 no such user' },
+        { recipient: 'a@x.test', at: T0 + MIN + 5, nextHop: '10.0.0.6:25', result: 'delivered', reply: '250 2.0.0 ok' },
+      ]);
+      assert.deepEqual(
+        got?.deliveries.map((d) => [d.recipient, d.state, d.attempts, d.lastNextHop, d.lastReply, d.settledAt]),
+        [
+          ['a@x.test', 'delivered', 2, '10.0.0.6:25', '250 2.0.0 ok', T0 + MIN + 5],
+          ['b@x.test', 'failed', 2, '10.0.0.5:25', '550 5.1.1 no such user', T0 + MIN + 5],
+        ],
+      );
     });
 
     it('settle by an owner whose lease was taken over changes nothing', async () => {
@@ -399,19 +523,24 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
         ],
         T0 + MIN + 3,
       );
-      assert.equal(await store.getMessage('m1'), null);
+      const after = await store.getMessage('m1');
+      assert.deepEqual(after?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
+      assert.deepEqual(after?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a@x.test delivered', 'b@x.test delivered'], 'the stale settle left no attempt');
     });
 
     it('stats, routes and nextDue describe the queue', async () => {
-      assert.deepEqual(await store.stats(), { queued: {}, failed: 0, messages: 0, oldestQueuedAt: null });
+      assert.deepEqual(await store.stats(), EMPTY);
       assert.deepEqual(await store.routes(), []);
       assert.equal(await store.nextDue('r1'), null);
 
+      await store.put(mail('m0', ['z@x.test'], T0), via('r1', ['z@x.test']));
       await store.put(mail('m1', ['a@x.test', 'b@y.test'], T0 + 10), { 'a@x.test': 'r1', 'b@y.test': 'r2' });
       await store.put(mail('m2', ['c@x.test', 'd@x.test'], T0 + 20), via('r1', ['c@x.test', 'd@x.test']));
       await store.put(mail('m3', ['e@z.test'], T0 + 30), via('r3', ['e@z.test']));
+      // m0, the oldest, is held: counted as held, not as queued.
+      assert.equal(await store.hold('m0'), 1);
 
-      assert.deepEqual(await store.stats(), { queued: { r1: 3, r2: 1, r3: 1 }, failed: 0, messages: 3, oldestQueuedAt: T0 + 10 });
+      assert.deepEqual(await store.stats(), { queued: { r1: 3, r2: 1, r3: 1 }, held: 1, delivered: 0, failed: 0, messages: 4, oldestQueuedAt: T0 + 10 });
       assert.deepEqual((await store.routes()).sort(), ['r1', 'r2', 'r3']);
       assert.equal(await store.nextDue('r1'), T0 + 10);
       assert.equal(await store.nextDue('r3'), T0 + 30);
@@ -433,7 +562,8 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       await store.claim({ route: 'r3', now: T0 + MIN, leaseMs: MIN, owner: 'w', limit: 1 });
       await store.settle('m3', 'w', [{ recipient: 'e@z.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 99 * MIN }], T0 + MIN);
 
-      assert.deepEqual(await store.stats(), { queued: { r1: 2, r3: 1 }, failed: 1, messages: 3, oldestQueuedAt: T0 + 20 });
+      // m1 is a record now: it no longer counts as a message in the queue.
+      assert.deepEqual(await store.stats(), { queued: { r1: 2, r3: 1 }, held: 1, delivered: 1, failed: 1, messages: 3, oldestQueuedAt: T0 + 20 });
       assert.deepEqual((await store.routes()).sort(), ['r1', 'r3']);
       assert.equal(await store.nextDue('r2'), null);
       assert.equal(await store.nextDue('r3'), T0 + 99 * MIN);
@@ -441,6 +571,315 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w', limit: 1 });
       assert.deepEqual((await store.stats()).queued, { r1: 2, r3: 1 });
       assert.equal(await store.nextDue('r1'), T0 + 20);
+    });
+
+    it('claim without a route takes due work of every route, each entry of one route', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@y.test'], T0 + 1), { 'a@x.test': 'r1', 'b@y.test': 'r2' });
+      await store.put(mail('m2', ['c@y.test'], T0 + 2), via('r2', ['c@y.test']));
+      await store.put(mail('future', ['f@x.test'], T0 + 60 * MIN), via('r1', ['f@x.test']));
+      await store.put(mail('held', ['h@z.test'], T0), via('r3', ['h@z.test']));
+      await store.hold('held');
+
+      const got = await store.claim({ now: T0 + MIN, leaseMs: MIN, owner: 'w1', limit: 10 });
+      assert.deepEqual(keys(got).sort(), ['m1 a@x.test', 'm1 b@y.test', 'm2 c@y.test']);
+      for (const c of got) {
+        for (const d of c.deliveries) assert.equal(d.route, c.route, `${d.messageId} ${d.recipient} in an entry of route ${c.route}`);
+      }
+      const order = got.map((c) => c.message.receivedAt);
+      assert.deepEqual(order, [...order].sort((x, y) => x - y), 'oldest message first');
+      assert.deepEqual(await store.claim({ now: T0 + MIN, leaseMs: MIN, owner: 'w2', limit: 10 }), [], 'all leased now');
+    });
+
+    it('claim with receivedBefore takes queued work of older messages, due or not, but not leased, held or final work', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.put(mail('m5', ['e@x.test', 'f@x.test'], T0 + 1), via('r1', ['e@x.test', 'f@x.test']));
+      await store.claim({ route: 'r1', now: T0 + 5, leaseMs: 10 * MIN, owner: 'w', limit: 10 });
+      // m1: deferred far ahead; m5: e failed, f still leased by w.
+      await store.settle('m1', 'w', [{ recipient: 'a@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 99 * MIN }], T0 + 5);
+      await store.settle('m5', 'w', [{ recipient: 'e@x.test', result: 'failed', reply: '550' }], T0 + 5);
+      await store.put(mail('m2', ['b@y.test'], T0 + 10), via('r2', ['b@y.test']));
+      await store.put(mail('m3', ['c@x.test'], T0 + 20), via('r1', ['c@x.test']));
+      await store.put(mail('m4', ['d@x.test'], T0), via('r1', ['d@x.test']));
+      await store.hold('m4');
+
+      const now = T0 + MIN;
+      const sweep = { now, leaseMs: MIN, owner: 'sweeper', limit: 10 };
+      assert.deepEqual(await store.claim({ ...sweep, route: 'r2', receivedBefore: T0 + 10 }), [], 'received at the limit: not before it');
+      assert.deepEqual(keys(await store.claim({ ...sweep, route: 'r2', receivedBefore: T0 + 11 })), ['m2 b@y.test']);
+      assert.deepEqual(keys(await store.claim({ ...sweep, receivedBefore: T0 + 15 })), ['m1 a@x.test'], 'not due, but too old');
+      assert.deepEqual(await store.claim({ ...sweep, receivedBefore: T0 + 15 }), []);
+    });
+
+    it('hold keeps queued deliveries from being claimed; release queues them again, due now', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@y.test'], T0), { 'a@x.test': 'r1', 'b@y.test': 'r2' });
+      await store.put(mail('m2', ['c@x.test'], T0 + 1), via('r1', ['c@x.test']));
+      assert.equal(await store.hold('m1'), 2);
+      assert.equal(await store.hold('m1'), 0, 'already held');
+      assert.equal(await store.hold('nope'), 0);
+
+      assert.deepEqual((await store.getMessage('m1'))?.deliveries.map((d) => d.state), ['held', 'held']);
+      assert.ok(await bodyOf(store, 'm1'), 'a held message keeps its body');
+      assert.deepEqual(await store.stats(), { ...EMPTY, queued: { r1: 1 }, held: 2, messages: 2, oldestQueuedAt: T0 + 1 });
+      assert.deepEqual(await store.routes(), ['r1']);
+      assert.equal(await store.nextDue('r2'), null);
+      assert.deepEqual((await store.list({ state: 'held' })).items.map((i) => i.message.id), ['m1']);
+      // Each claim leases m2 for 1 ms; the next one comes 1 ms later.
+      const asks = [{}, { ignoreSchedule: true }, { receivedBefore: T0 + 99 * MIN }, { route: 'r2', ignoreSchedule: true }];
+      for (const [i, extra] of asks.entries()) {
+        const got = await store.claim({ now: T0 + 99 * MIN + i, leaseMs: 1, owner: 'w', limit: 10, ...extra });
+        assert.deepEqual(keys(got), 'route' in extra ? [] : ['m2 c@x.test'], JSON.stringify(extra));
+      }
+
+      const releasedAt = T0 + 100 * MIN;
+      assert.equal(await store.release('m1', releasedAt), 2);
+      assert.equal(await store.release('m1', releasedAt), 0, 'nothing held any more');
+      assert.equal(await store.release('nope', releasedAt), 0);
+      assert.deepEqual(
+        (await store.getMessage('m1'))?.deliveries.map((d) => [d.state, d.nextAttemptAt]),
+        [
+          ['queued', releasedAt],
+          ['queued', releasedAt],
+        ],
+      );
+      assert.deepEqual(keys(await store.claim({ route: 'r2', now: releasedAt, leaseMs: MIN, owner: 'w', limit: 10 })), ['m1 b@y.test']);
+    });
+
+    it('hold does not touch final deliveries, and an in-flight delivery that was held keeps its outcome', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test', 'c@x.test'], T0), via('r1', ['a@x.test', 'b@x.test', 'c@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
+      await store.settle('m1', 'w1', [{ recipient: 'c@x.test', result: 'failed', reply: '550' }], T0 + 1);
+      // The administrator holds the message while w1 is still talking to the next hop.
+      assert.equal(await store.hold('m1'), 2);
+      await store.settle(
+        'm1',
+        'w1',
+        [
+          { recipient: 'a@x.test', result: 'delivered', reply: '250 ok' },
+          { recipient: 'b@x.test', result: 'deferred', reply: '451 later', nextAttemptAt: T0 + MIN },
+        ],
+        T0 + 2,
+      );
+      const got = await store.getMessage('m1');
+      assert.deepEqual(
+        got?.deliveries.map((d) => [d.recipient, d.state, d.attempts, d.lastReply]),
+        [
+          ['a@x.test', 'delivered', 1, '250 ok'],
+          ['b@x.test', 'held', 1, '451 later'],
+          ['c@x.test', 'failed', 1, '550'],
+        ],
+        'a mail already delivered is recorded (not sent twice after release); a deferred one stays held',
+      );
+      assert.ok(await bodyOf(store, 'm1'), 'b@x.test is held: the body stays');
+      await assertNothingClaimable(store, T0 + 99 * MIN);
+      assert.equal(await store.release('m1', T0 + 3), 1);
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 3, leaseMs: MIN, owner: 'w2', limit: 10 })), ['m1 b@x.test']);
+    });
+
+    it('retryNow makes queued deliveries due now and drops their lease; held and final ones are left alone', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test', 'c@x.test'], T0), via('r1', ['a@x.test', 'b@x.test', 'c@x.test']));
+      await store.put(mail('m2', ['d@x.test'], T0), via('r1', ['d@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: 10 * MIN, owner: 'w1', limit: 10 });
+      await store.settle(
+        'm1',
+        'w1',
+        [
+          { recipient: 'a@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 60 * MIN },
+          { recipient: 'b@x.test', result: 'failed', reply: '550' },
+        ],
+        T0 + 1,
+      );
+      await store.settle('m2', 'w1', [{ recipient: 'd@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 60 * MIN }], T0 + 1);
+      await store.hold('m2');
+      // c@x.test is still leased by w1 until T0 + 10 min.
+      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + 2, leaseMs: MIN, owner: 'w2', limit: 10 }), []);
+
+      assert.equal(await store.retryNow('m1', T0 + 2), 2);
+      assert.equal(await store.retryNow('m2', T0 + 2), 0, 'held deliveries are not made due');
+      assert.equal(await store.retryNow('nope', T0 + 2), 0);
+      const got = await store.getMessage('m1');
+      assert.deepEqual(
+        got?.deliveries.map((d) => [d.recipient, d.state, d.nextAttemptAt]),
+        [
+          ['a@x.test', 'queued', T0 + 2],
+          ['b@x.test', 'failed', T0],
+          ['c@x.test', 'queued', T0 + 2],
+        ],
+      );
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 2, leaseMs: MIN, owner: 'w2', limit: 10 })), ['m1 a@x.test', 'm1 c@x.test']);
+      assert.equal((await store.getMessage('m2'))?.deliveries[0]?.state, 'held');
+    });
+
+    it('remove deletes the message, its body, deliveries and attempts', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('m2', ['c@x.test'], T0 + 1), via('r1', ['c@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
+      await store.settle('m1', 'w1', [{ recipient: 'a@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + MIN }], T0 + 1);
+
+      assert.equal(await store.remove('m1'), true);
+      assert.equal(await store.getMessage('m1'), null);
+      await assert.rejects(store.readBody('m1'), /m1/);
+      assert.deepEqual(await store.stats(), { ...EMPTY, queued: { r1: 1 }, messages: 1, oldestQueuedAt: T0 + 1 });
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 99 * MIN, ignoreSchedule: true, leaseMs: MIN, owner: 'w2', limit: 10 })), ['m2 c@x.test']);
+      assert.equal(await store.remove('m1'), false);
+      assert.equal(await store.remove('nope'), false);
+
+      // Nothing of m1 is left behind: the same id is new again, with no deliveries or attempts of the old one.
+      assert.equal(await store.put(mail('m1', ['z@x.test'], T0 + 5), via('r9', ['z@x.test'])), true);
+      assert.deepEqual(await store.getMessage('m1'), { message: info('m1', ['z@x.test'], T0 + 5), deliveries: [untried('m1', 'z@x.test', 'r9', T0 + 5)], attempts: [] });
+    });
+
+    it('takeDelayWarnings marks old messages with queued work once, and returns them with their queued deliveries', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.put(mail('m2', ['b@x.test', 'c@x.test'], T0 + 1), via('r1', ['b@x.test', 'c@x.test']));
+      await store.put(mail('m3', ['d@x.test'], T0 + 2), via('r1', ['d@x.test']));
+      await store.put(mail('m4', ['e@x.test'], T0 + 3), via('r1', ['e@x.test']));
+      await store.put(mail('m5', ['f@x.test'], T0 + 100), via('r1', ['f@x.test']));
+      await store.claim({ route: 'r1', now: T0 + 3, leaseMs: MIN, owner: 'w', limit: 10 });
+      await store.settle('m2', 'w', [{ recipient: 'b@x.test', result: 'delivered', reply: '250' }], T0 + 4);
+      await store.settle('m4', 'w', [{ recipient: 'e@x.test', result: 'failed', reply: '550' }], T0 + 4);
+      await store.hold('m3');
+
+      const now = T0 + 60 * MIN;
+      const first = await store.takeDelayWarnings(T0 + 50, now, 1);
+      const second = await store.takeDelayWarnings(T0 + 50, now, 10);
+      assert.equal(first.length, 1, 'at most limit');
+      const taken = [...first, ...second].sort((x, y) => x.message.id.localeCompare(y.message.id));
+      assert.deepEqual(
+        taken.map((t) => [t.message.id, t.message.delayWarnedAt, t.deliveries.map((d) => `${d.recipient} ${d.state}`)]),
+        [
+          ['m1', now, ['a@x.test queued']],
+          ['m2', now, ['c@x.test queued']],
+        ],
+        'm3 is held, m4 failed, m5 too young; m2 without its delivered recipient',
+      );
+      assert.equal((await store.getMessage('m1'))?.message.delayWarnedAt, now);
+      assert.equal((await store.getMessage('m5'))?.message.delayWarnedAt, null);
+      assert.deepEqual(await store.takeDelayWarnings(T0 + 50, now + 1, 10), [], 'each message is warned once');
+      assert.deepEqual((await store.takeDelayWarnings(T0 + 101, now + 2, 10)).map((t) => t.message.id), ['m5']);
+    });
+
+    it('takeDelayWarnings from several handles at the same time gives each message to one of them', async () => {
+      const handles = [store, await another(), await another()];
+      const all = new Set<string>();
+      for (let i = 0; i < 24; i++) {
+        await store.put(mail(`m${i}`, [`u${i}@x.test`], T0 + i), via('r1', [`u${i}@x.test`]));
+        all.add(`m${i}`);
+      }
+      const results = await Promise.all(
+        handles.flatMap((h, n) => Array.from({ length: 6 }, () => h.takeDelayWarnings(T0 + 1000, T0 + 2000 + n, 2))),
+      );
+      const taken = results.flat().map((t) => t.message.id);
+      assert.equal(new Set(taken).size, taken.length, 'a message was warned twice');
+      assert.deepEqual(new Set(taken), all);
+    });
+
+    it('purge removes messages whose deliveries are all final and settled before the time, with their records', async () => {
+      const settle = async (id: string, outcomes: Parameters<Store['settle']>[2], at: number) => {
+        await store.claim({ route: 'r1', now: at, ignoreSchedule: true, leaseMs: MIN, owner: 'w', limit: 100 });
+        await store.settle(id, 'w', outcomes, at);
+      };
+      await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('m2', ['c@x.test', 'd@x.test'], T0), via('r1', ['c@x.test', 'd@x.test']));
+      await store.put(mail('m3', ['e@x.test'], T0), via('r1', ['e@x.test']));
+      await store.put(mail('m4', ['f@x.test'], T0), via('r1', ['f@x.test']));
+      await settle('m1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250' }], T0 + 10);
+      await settle('m1', [{ recipient: 'b@x.test', result: 'failed', reply: '550' }], T0 + 20);
+      await settle('m2', [{ recipient: 'c@x.test', result: 'delivered', reply: '250' }], T0 + 10);
+      await settle('m2', [{ recipient: 'd@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 99 * MIN }], T0 + 10);
+      await settle('m3', [{ recipient: 'e@x.test', result: 'delivered', reply: '250' }], T0 + 30);
+      await settle('m4', [{ recipient: 'f@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 99 * MIN }], T0 + 10);
+      await store.hold('m4');
+
+      assert.equal(await store.purge(T0 + 20), 0, "m1's last delivery settled at the time, not before it");
+      assert.equal(await store.purge(T0 + 21), 1);
+      assert.equal(await store.getMessage('m1'), null);
+      assert.deepEqual(await store.stats(), { ...EMPTY, queued: { r1: 1 }, held: 1, delivered: 2, messages: 2, oldestQueuedAt: T0 });
+
+      assert.equal(await store.purge(T0 + 365 * 24 * 60 * MIN), 1, 'm3 only: m2 is still queued for d, m4 is held');
+      assert.equal(await store.getMessage('m3'), null);
+      assert.equal((await store.getMessage('m2'))?.deliveries.length, 2);
+      assert.equal((await store.getMessage('m4'))?.deliveries[0]?.state, 'held');
+      assert.deepEqual(await store.stats(), { ...EMPTY, queued: { r1: 1 }, held: 1, delivered: 1, messages: 2, oldestQueuedAt: T0 });
+      assert.equal(await store.purge(T0 + 365 * 24 * 60 * MIN), 0);
+
+      // Nothing of m1 is left behind.
+      assert.equal(await store.put(mail('m1', ['z@x.test'], T0 + 5), via('r9', ['z@x.test'])), true);
+      assert.deepEqual(await store.getMessage('m1'), { message: info('m1', ['z@x.test'], T0 + 5), deliveries: [untried('m1', 'z@x.test', 'r9', T0 + 5)], attempts: [] });
+    });
+
+    it('list filters by state, domain, sender, recipient and age; newest first, with a total and paging', async () => {
+      const put = async (id: string, from: string, rcpts: string[], at: number) => {
+        const m = mail(id, rcpts, at);
+        m.envelope.mailFrom = from;
+        await store.put(m, via('r1', rcpts));
+      };
+      await put('L1', 'Alice@Origin.test', ['u1@x.test', 'u2@Y.test'], T0 + 1);
+      await put('L2', '', ['bob@sub.x.test'], T0 + 2);
+      await put('L3', 'carol@other.test', ['U3@X.TEST'], T0 + 3);
+      await put('L4', 'dave@origin.test', ['v@z.test'], T0 + 4);
+      await store.hold('L2');
+      await store.claim({ route: 'r1', now: T0 + 4, leaseMs: MIN, owner: 'w', limit: 10 });
+      await store.settle('L3', 'w', [{ recipient: 'U3@X.TEST', result: 'failed', reply: '550' }], T0 + 5);
+      await store.settle('L4', 'w', [{ recipient: 'v@z.test', result: 'delivered', reply: '250' }], T0 + 5);
+
+      const ids = async (filter: Parameters<Store['list']>[0]) => {
+        const { total, items } = await store.list(filter);
+        return { total, ids: items.map((i) => i.message.id) };
+      };
+      const all = await store.list({});
+      assert.deepEqual(all.items.map((i) => i.message.id), ['L4', 'L3', 'L2', 'L1']);
+      assert.equal(all.total, 4);
+      assert.deepEqual(all.items[3], { message: { ...info('L1', ['u1@x.test', 'u2@Y.test'], T0 + 1), mailFrom: 'Alice@Origin.test', envelope: { mailFrom: 'Alice@Origin.test', rcptTo: ['u1@x.test', 'u2@Y.test'] } }, deliveries: (await store.getMessage('L1'))?.deliveries });
+      assert.deepEqual(all.items[0]?.deliveries.map((d) => d.state), ['delivered'], 'final deliveries are listed too');
+
+      assert.deepEqual(await ids({ state: 'queued' }), { total: 1, ids: ['L1'] });
+      assert.deepEqual(await ids({ state: 'held' }), { total: 1, ids: ['L2'] });
+      assert.deepEqual(await ids({ state: 'failed' }), { total: 1, ids: ['L3'] });
+      assert.deepEqual(await ids({ state: 'delivered' }), { total: 1, ids: ['L4'] });
+      assert.deepEqual(await ids({ domain: 'x.test' }), { total: 2, ids: ['L3', 'L1'] }, 'exact domain, any case; not sub.x.test');
+      assert.deepEqual(await ids({ domain: 'Y.TEST' }), { total: 1, ids: ['L1'] });
+      assert.deepEqual(await ids({ domain: 'sub.x.test' }), { total: 1, ids: ['L2'] });
+      assert.deepEqual(await ids({ domain: 'test' }), { total: 0, ids: [] });
+      assert.deepEqual(await ids({ sender: 'ORIGIN.test' }), { total: 2, ids: ['L4', 'L1'] });
+      assert.deepEqual(await ids({ sender: '<>' }), { total: 1, ids: ['L2'] });
+      assert.deepEqual(await ids({ recipient: 'u3@x' }), { total: 1, ids: ['L3'] });
+      assert.deepEqual(await ids({ recipient: 'U2@y.' }), { total: 1, ids: ['L1'] });
+      assert.deepEqual(await ids({ receivedBefore: T0 + 2 }), { total: 2, ids: ['L2', 'L1'] }, 'at or before');
+      assert.deepEqual(await ids({ domain: 'x.test', state: 'failed' }), { total: 1, ids: ['L3'] });
+      assert.deepEqual(await ids({ sender: 'origin', receivedBefore: T0 + 3 }), { total: 1, ids: ['L1'] });
+
+      assert.deepEqual(await ids({ limit: 2 }), { total: 4, ids: ['L4', 'L3'] });
+      assert.deepEqual(await ids({ limit: 2, offset: 2 }), { total: 4, ids: ['L2', 'L1'] });
+      assert.deepEqual(await ids({ limit: 2, offset: 4 }), { total: 4, ids: [] });
+    });
+
+    it('list returns 50 messages unless asked for more', async () => {
+      for (let i = 0; i < 52; i++) await store.put(mail(`m${String(i).padStart(2, '0')}`, ['a@x.test'], T0 + i), via('r1', ['a@x.test']));
+      const page = await store.list({});
+      assert.equal(page.total, 52);
+      assert.equal(page.items.length, 50);
+      assert.equal(page.items[0]?.message.id, 'm51');
+      assert.equal((await store.list({ limit: 100 })).items.length, 52);
+    });
+
+    it('the cache returns a value until it expires; put overwrites value and expiry; it survives reopening', async () => {
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0), null);
+      await store.cachePut('rcpt:a@x.test', '250', T0 + MIN);
+      await store.cachePut('rcpt:b@x.test', '550 5.1.1', T0 + 10 * MIN);
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0), '250');
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0 + MIN - 1), '250');
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0 + MIN), null, 'expired at expiresAt');
+      assert.equal(await store.cacheGet('rcpt:A@x.test', T0), null, 'keys are exact');
+
+      await store.cachePut('rcpt:a@x.test', '550 5.1.1', T0 + 2 * MIN);
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0 + MIN), '550 5.1.1');
+      await store.cachePut('rcpt:a@x.test', '250', T0 + 10);
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0 + MIN), null, 'the shorter expiry replaced the longer one');
+
+      await store.close();
+      store = await backend.open();
+      assert.equal(await store.cacheGet('rcpt:b@x.test', T0 + 5 * MIN), '550 5.1.1');
+      assert.equal(await store.cacheGet('rcpt:a@x.test', T0), '250');
     });
 
     it('data survives closing and reopening the store', async () => {
@@ -538,8 +977,44 @@ describe('sqlite store: separate processes', () => {
       assert.deepEqual(new Set(claimed), all);
 
       const after = await openSqliteStore(path);
-      assert.deepEqual(await after.stats(), { queued: {}, failed: 0, messages: 0, oldestQueuedAt: null });
+      assert.deepEqual(await after.stats(), { queued: {}, held: 0, delivered: all.size, failed: 0, messages: 0, oldestQueuedAt: null });
       await after.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('sqlite store: file format', () => {
+  it('refuses a file written in another format, naming the file, and leaves it alone', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const path = join(dir, 'store.db');
+      const old = new DatabaseSync(path);
+      old.exec('CREATE TABLE messages (id TEXT PRIMARY KEY, mail_from TEXT NOT NULL, recipients TEXT NOT NULL, size INTEGER NOT NULL, received_at INTEGER NOT NULL)');
+      old.exec(`INSERT INTO messages VALUES ('m1', 'a@b', '[]', 1, 1)`);
+      old.close();
+      await assert.rejects(openSqliteStore(path), (err: Error) => err.message.includes(path) && /format/.test(err.message));
+      const check = new DatabaseSync(path);
+      assert.deepEqual({ ...check.prepare('SELECT id FROM messages').get() }, { id: 'm1' });
+      check.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('opens its own file again and again (the schema is created once)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const path = join(dir, 'store.db');
+      const [a, b] = await Promise.all([openSqliteStore(path), openSqliteStore(path)]);
+      await a.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await a.close();
+      const c = await openSqliteStore(path);
+      assert.equal((await b.getMessage('m1'))?.message.id, 'm1');
+      assert.equal((await c.stats()).messages, 1);
+      await b.close();
+      await c.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -550,14 +1025,15 @@ describe('sqlite store: separate processes', () => {
 const mongoUrl = process.env['MONGODB_URL'];
 if (mongoUrl) {
   const mod = (await import(new URL('../shared/src/mongo-store.ts', import.meta.url).href)) as {
-    openMongoStore(url: string): Promise<Store>;
+    openMongoStore(url: string, log: Logger): Promise<Store>;
   };
+  const log = createLogger('test', 'silent');
   let n = 0;
   contract('mongo', async () => {
     // A database of its own per test: replace the path of the URL with a fresh database name.
     const db = `backupmx_contract_${process.pid}_${Date.now()}_${n++}`;
     const url = mongoUrl.replace(/^(mongodb(?:\+srv)?:\/\/[^/?]+)(\/[^?]*)?/, `$1/${db}`);
-    return { open: () => mod.openMongoStore(url), dispose: async () => {} };
+    return { open: () => mod.openMongoStore(url, log), dispose: async () => {} };
   });
 } else {
   describe('store contract: mongo', () => {

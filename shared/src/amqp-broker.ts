@@ -1,8 +1,10 @@
 import { Buffer } from 'node:buffer';
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import { createAmqpDeadLetters } from './amqp-dead-letters.ts';
 import { TOPOLOGY, type Broker, type EventKey, type EventPayload, type MailDisposition } from './broker.ts';
 import type { Logger } from './logger.ts';
+import { brokerReconnects, messagesDeadLettered } from './metrics.ts';
 import type { Envelope, ReceivedMail } from './types.ts';
 
 export interface AmqpOptions {
@@ -65,6 +67,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
   let publisher: ConfirmChannel | null = null;
   let closing = false;
   let reconnecting: Promise<void> | null = null;
+  let everConnected = false;
   const returned = new Set<string>();
   /** Re-run on every (re)connection. */
   const attachments: Array<(conn: ChannelModel) => Promise<void>> = [];
@@ -96,6 +99,8 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
       connection = conn;
       for (const attach of attachments) await attach(conn);
       publisher = channel;
+      if (everConnected) brokerReconnects.inc();
+      everConnected = true;
       log.info({ name: options.name }, 'amqp connected');
     } catch (error) {
       await conn.close().catch(() => {});
@@ -185,6 +190,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
             } catch (error) {
               if (error instanceof SyntaxError || (error as Error).message.startsWith('bad x-envelope') || (error as Error).message === 'no messageId') {
                 log.error({ err: error, queueId: message.properties.messageId }, 'undecodable message; dead-lettering');
+                messagesDeadLettered.inc();
                 disposition = 'dead';
               } else {
                 log.warn({ err: error, queueId: message.properties.messageId }, 'message not stored; will be redelivered');
@@ -237,6 +243,8 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
     },
 
     connected: () => publisher !== null,
+
+    dead: createAmqpDeadLetters(() => connection, log),
 
     async close() {
       closing = true;

@@ -1,4 +1,4 @@
-import type { ReceivedMail } from './types.ts';
+import type { Envelope, ReceivedMail } from './types.ts';
 
 /** RabbitMQ names, in one place. */
 export const TOPOLOGY = {
@@ -43,6 +43,27 @@ export interface UndecodableMail {
   error: string;
 }
 
+/** A message in the dead-letter queue (RabbitMQ backupmx.dead, or DATA_DIR/dead in one process). */
+export interface DeadLetter {
+  /** The queue id; `sha256:<hex>` of the body for a message that came without one. */
+  id: string;
+  /** The envelope it travelled with, or null when that could not be read. */
+  envelope: Pick<Envelope, 'mailFrom' | 'rcptTo'> | null;
+  size: number;
+  receivedAt: number | null;
+  /** When it was dead-lettered and why (RabbitMQ: rejected, delivery_limit, ...), when known. */
+  deadAt: number | null;
+  reason: string | null;
+}
+
+/** Show and replay the dead-letter queue (the admin API). Nothing consumes it automatically. */
+export interface DeadLetters {
+  /** Up to `limit` dead letters, oldest first, and how many there are in all. */
+  list(limit: number): Promise<{ total: number; items: DeadLetter[] }>;
+  /** Publish it on mail.received again (the spool takes it like new mail) and drop it from the dead letters; false when unknown. */
+  replay(id: string): Promise<boolean>;
+}
+
 export interface Broker {
   /** Resolves once the broker holds the message durably (publisher confirm); rejects otherwise. */
   publishMail(mail: ReceivedMail): Promise<void>;
@@ -53,6 +74,8 @@ export interface Broker {
   /** Every instance gets every event of these keys. */
   subscribe(keys: EventKey[], handler: (key: EventKey, payload: EventPayload) => void): Promise<void>;
   connected(): boolean;
+  /** The dead-letter queue, where the broker has one. */
+  dead?: DeadLetters;
   /** Stop consumers, wait for handlers in flight, then close. */
   close(): Promise<void>;
 }

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -52,13 +52,67 @@ const boolean = z.preprocess(
   z.boolean({ error: 'expected true or false' }),
 );
 
-const domainSettings = z.strictObject({
-  PRIMARY: z.preprocess(list, z.array(targetText).min(1)).optional(),
-});
+/** A file the service must be able to read (TLS certificate and key, recipient lists). */
+const readableFile = z
+  .string()
+  .trim()
+  .min(1)
+  .refine(
+    (path) => {
+      try {
+        accessSync(path, fsConstants.R_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    { error: (issue) => `cannot read file ${JSON.stringify(issue.input)}` },
+  );
+
+/** A valid recipient: `user@domain` or `@domain` (every address of the domain), lower-cased. */
+const recipientEntry = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .refine((entry) => /^[^\s@]*@[^\s@]+$/.test(entry), { error: (issue) => `expected user@domain or @domain, got ${JSON.stringify(issue.input)}` });
+
+/** PRIMARY: host[:port] targets tried in order, or `mx` alone (deliver by the domain's DNS MX). */
+const primaryList = (empty: string) =>
+  z.preprocess(
+    (value) => {
+      const items = list(value);
+      return Array.isArray(items) ? items.map((item) => (typeof item === 'string' && item.trim().toLowerCase() === 'mx' ? 'mx' : item)) : items;
+    },
+    z
+      .array(targetText)
+      .min(1, empty)
+      .refine((items) => !items.includes('mx') || items.length === 1, { error: 'mx (deliver by DNS MX) cannot be combined with other targets' }),
+  );
+
+const domainSettings = z
+  .strictObject({
+    PRIMARY: primaryList('name at least one host[:port], or mx').optional(),
+    /** Valid recipients, inline (issue 5); others get 550 5.1.1. */
+    RECIPIENTS: z.preprocess(list, z.array(recipientEntry)).optional(),
+    /** A file of valid recipients, one per line, re-read when it changes. */
+    RECIPIENTS_FILE: readableFile.optional(),
+    /** Ask the primary at RCPT time (callout), cached in the store. */
+    VERIFY_RECIPIENTS: boolean.optional(),
+    /** Recipient not in the callout cache while the primary is down: accept, or defer (450 4.2.0). */
+    VERIFY_WHEN_DOWN: z.enum(['accept', 'defer'], { error: 'expected accept or defer' }).optional(),
+  })
+  .superRefine((settings, ctx) => {
+    if (settings.VERIFY_RECIPIENTS && (settings.RECIPIENTS || settings.RECIPIENTS_FILE)) {
+      ctx.addIssue({ code: 'custom', path: ['VERIFY_RECIPIENTS'], message: 'cannot be combined with RECIPIENTS or RECIPIENTS_FILE' });
+    }
+    if (settings.VERIFY_WHEN_DOWN && !settings.VERIFY_RECIPIENTS) {
+      ctx.addIssue({ code: 'custom', path: ['VERIFY_WHEN_DOWN'], message: 'only applies with VERIFY_RECIPIENTS: true' });
+    }
+  });
 
 export const configSchema = z.strictObject({
   RELAY_DOMAINS: z.preprocess(list, z.array(domainName).min(1, 'list at least one domain')),
-  PRIMARY: z.preprocess(list, z.array(targetText).min(1, 'name at least one host[:port]')),
+  PRIMARY: primaryList('name at least one host[:port], or mx'),
   SMTP_HOST: z.string().default('0.0.0.0'),
   SMTP_PORT: port.default(2525),
   SMTP_HOSTNAME: z.string().min(1).default(hostname()),
@@ -93,8 +147,59 @@ export const configSchema = z.strictObject({
   DELIVERY_LEASE: duration.default(300_000),
   /** Connections a deliverer opens to one next hop at once. */
   DELIVERY_CONCURRENCY: integer(1, 100).default(5),
+  /** Webhook URLs (comma separated) that get a JSON POST when a primary goes down or up and when mail waits too long. */
+  ALERT_WEBHOOK: z.preprocess(list, z.array(z.url({ protocol: /^https?$/, error: 'expected http(s) URLs, comma separated' }))).default([]),
+  /** Alert when the oldest queued message is older than this; unset: no queue-age alert. */
+  ALERT_QUEUE_AGE: duration.optional(),
+  /** Link from a message to its trace (admin API, CLI), e.g. http://localhost:16686/trace/{traceId}. */
+  TRACE_URL: z.string().refine((text) => text.includes('{traceId}'), 'expected a URL containing {traceId}').optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // Inbound protection (ingress).
+  /** Concurrent SMTP sessions in all, and from one client IP (IPv6: one /64); over: 421 4.7.0. */
+  MAX_CONNECTIONS: integer(1, 100_000).default(500),
+  MAX_CONNECTIONS_PER_IP: integer(1, 100_000).default(50),
+  /** Messages and recipients one client IP may start per minute; over: 450 4.7.1. 0 = no limit. */
+  MESSAGES_PER_IP_PER_MINUTE: integer(0, 10_000_000).default(0),
+  RECIPIENTS_PER_IP_PER_MINUTE: integer(0, 10_000_000).default(0),
+  /** Refused commands in one session before 421 4.7.0 (Postfix smtpd_hard_error_limit). */
+  MAX_ERRORS: integer(1, 100_000).default(20),
+  /** Idle limits while waiting for a command / for message data (RFC 5321 4.5.3.2). */
+  COMMAND_TIMEOUT: duration.default(300_000),
+  DATA_TIMEOUT: duration.default(300_000),
+  /** Longest command line in bytes (RFC 5321 4.5.3.1.4: at least 512); longer: 500 5.5.2. */
+  MAX_COMMAND_LENGTH: integer(512, 65_536).default(2048),
+  /** Largest header section in bytes (Postfix header_size_limit); larger: 552 5.3.4. */
+  MAX_HEADER_SIZE: integer(1024, 2 ** 31).default(102_400),
+  /** false: answer 421 4.3.2 at connect while the health service says every primary is up. */
+  ACCEPT_WHEN_PRIMARY_UP: boolean.default(true),
+  /** PEM certificate (chain) and key for STARTTLS; re-read when they change. */
+  TLS_CERT: readableFile.optional(),
+  TLS_KEY: readableFile.optional(),
+  /** Evaluate SPF, DKIM, DMARC and ARC and prepend Authentication-Results. */
+  SENDER_AUTH: boolean.default(true),
+  /** Refuse (550 5.7.1) mail that fails DMARC when the sender's policy is reject. */
+  DMARC_REJECT: boolean.default(false),
+  /** Limit for one DNS lookup (sender authentication, DNSBL). */
+  DNS_TIMEOUT: duration.default(2000),
+  /** DNS blocklist zones; a listed client gets 554 5.7.1. */
+  DNSBL_ZONES: z.preprocess(list, z.array(domainName)).default([]),
+  /** Recipient verification callouts: time limit, and how long answers are cached. */
+  VERIFY_TIMEOUT: duration.default(4000),
+  VERIFY_POSITIVE_TTL: duration.default(30 * 86_400_000),
+  VERIFY_NEGATIVE_TTL: duration.default(3_600_000),
+  // Delivery reports, MX routing, queue lifetime (issue 4).
+  /** Other names and addresses that reach this host (NAT, load balancer): MX hosts naming them are us. */
+  SELF_NAMES: z.preprocess(list, z.array(z.string().trim().min(1))).default([]),
+  /** Send one "delayed" notice when a message has waited this long; unset or 0: none. */
+  DELAY_WARNING: z.preprocess((value) => (value === 0 || value === '0' || value === 'off' ? undefined : value), duration.optional()),
+  /** How long delivered and failed records are kept before the spool purges them. */
+  RECORD_RETENTION: duration.default(7 * 86_400_000),
+  /** How often the spool looks for expired mail, due delay notices and records to purge. */
+  SWEEP_INTERVAL: duration.default(60_000),
   domains: z.record(domainName, domainSettings).default({}),
+}).superRefine((config, ctx) => {
+  if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
+  if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
 });
 
 export type Config = z.infer<typeof configSchema>;

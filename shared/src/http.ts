@@ -1,12 +1,14 @@
 import type { Server } from 'node:http';
 import express, { type Express } from 'express';
 import type { Logger } from './logger.ts';
+import { readiness, registry, scrape } from './metrics.ts';
 
 export type ReadinessCheck = () => Record<string, boolean>;
 
 /**
  * Each service's HTTP port: GET /healthz (the process is alive), GET /readyz (its broker and store
- * are connected: 200, else 503 naming what is not), plus whatever `routes` adds.
+ * are connected: 200, else 503 naming what is not), GET /metrics (Prometheus), plus whatever
+ * `routes` adds.
  */
 export function startHttp(options: {
   host: string;
@@ -24,6 +26,10 @@ export function startHttp(options: {
     const checks = options.ready();
     const ok = Object.values(checks).every(Boolean);
     res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', checks });
+  });
+  app.get('/metrics', async (_req, res) => {
+    for (const [check, ok] of Object.entries(options.ready())) readiness.set({ check }, ok ? 1 : 0);
+    res.type(registry.contentType).send(await scrape());
   });
   options.routes?.(app);
   app.use((_req, res) => {

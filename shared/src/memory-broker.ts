@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Broker, EventKey, EventPayload, MailDisposition } from './broker.ts';
+import { createFileDeadLetters } from './file-dead-letters.ts';
 import type { Logger } from './logger.ts';
 import type { ReceivedMail } from './types.ts';
 
@@ -24,7 +25,7 @@ export function createMemoryBroker(deadDir: string, log: Logger): Broker {
     log.warn({ queueId: mail.id }, 'message dead-lettered');
   }
 
-  return {
+  const broker: Broker = {
     async publishMail(mail) {
       if (closed || !mailHandler) throw new Error('spool is not running');
       const work = mailHandler(mail).then((disposition) => {
@@ -57,10 +58,12 @@ export function createMemoryBroker(deadDir: string, log: Logger): Broker {
       subscribers.push({ keys: new Set(keys), handler });
     },
     connected: () => !closed,
+    dead: createFileDeadLetters(deadDir, (mail) => broker.publishMail(mail)),
     async close() {
       closed = true;
       await Promise.allSettled([...inFlight]);
       mailHandler = null;
     },
   };
+  return broker;
 }

@@ -5,6 +5,7 @@ import { ConfigError, loadConfig, type Config } from './config.ts';
 import type { Logger } from './logger.ts';
 import { openSqliteStore } from './sqlite-store.ts';
 import type { Store } from './store.ts';
+import { flushTelemetry } from './telemetry.ts';
 
 /** Load the configuration, or print one line naming the bad key and exit 78 (EX_CONFIG). */
 export function configOrExit(service: string): Config {
@@ -35,7 +36,7 @@ export async function connectBroker(config: Config, name: string, log: Logger): 
 export async function openStore(config: Config, log: Logger): Promise<Store> {
   if (config.MONGODB_URL) {
     const { openMongoStore } = await import('./mongo-store.ts');
-    return openMongoStore(config.MONGODB_URL, log);
+    return openMongoStore(config.MONGODB_URL, log, { retentionMs: config.RECORD_RETENTION });
   }
   const path = join(config.DATA_DIR, 'spool.sqlite');
   log.info({ path }, 'using the SQLite store');
@@ -57,7 +58,8 @@ export function onShutdown(log: Logger, stop: () => Promise<void>, graceMs = 25_
       process.exit(1);
     }, graceMs);
     timer.unref();
-    stop().then(
+    // Buffered spans are exported before the process ends (a no-op without tracing).
+    stop().then(flushTelemetry).then(
       () => {
         log.info('stopped');
         process.exit(0);

@@ -1,25 +1,31 @@
 /**
  * The embedded store adapter: one SQLite file (node:sqlite), shared by several processes.
  * WAL + synchronous=FULL makes every committed write durable; BEGIN IMMEDIATE takes the write lock
- * up front, so a claim's select-and-lease is atomic across processes.
+ * up front, so a claim's select-and-lease is atomic across processes. Reads that span several
+ * statements run in one (deferred) transaction, so they see one snapshot.
  */
 import { Buffer } from 'node:buffer';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
-import type { ClaimOptions, QueueStats, Store } from './store.ts';
-import type { ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
+import type { ClaimOptions, ListFilter, MessageDetail, MessageSummary, QueueStats, Store } from './store.ts';
+import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
+/** PRAGMA user_version of the file format below; a file of another format is refused. */
+const FORMAT = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
-  id          TEXT PRIMARY KEY,
-  mail_from   TEXT NOT NULL,
-  recipients  TEXT NOT NULL,
-  size        INTEGER NOT NULL,
-  received_at INTEGER NOT NULL
+  id              TEXT PRIMARY KEY,
+  mail_from       TEXT NOT NULL,
+  recipients      TEXT NOT NULL,  -- JSON: distinct recipients, in the sender's order
+  envelope        TEXT NOT NULL,  -- JSON: the Envelope as received
+  size            INTEGER NOT NULL,
+  received_at     INTEGER NOT NULL,
+  trace           TEXT NOT NULL,  -- JSON: W3C trace context, {} when none
+  delay_warned_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS bodies (
   message_id TEXT PRIMARY KEY,
@@ -29,25 +35,65 @@ CREATE TABLE IF NOT EXISTS deliveries (
   message_id      TEXT NOT NULL,
   recipient       TEXT NOT NULL,
   route           TEXT NOT NULL,
-  state           TEXT NOT NULL,
+  state           TEXT NOT NULL,  -- queued | held | delivered | failed
   attempts        INTEGER NOT NULL DEFAULT 0,
   next_attempt_at INTEGER NOT NULL,
   last_attempt_at INTEGER,
   last_reply      TEXT,
+  last_next_hop   TEXT,
+  settled_at      INTEGER,        -- set when delivered or failed
   lease_owner     TEXT,
   lease_until     INTEGER,
   PRIMARY KEY (message_id, recipient)
 );
+CREATE TABLE IF NOT EXISTS attempts (
+  seq        INTEGER PRIMARY KEY,
+  message_id TEXT NOT NULL,
+  recipient  TEXT NOT NULL,
+  at         INTEGER NOT NULL,
+  next_hop   TEXT,
+  result     TEXT NOT NULL,
+  reply      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+  key        TEXT PRIMARY KEY,
+  value      TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries (route, state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (settled_at);
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at, id);
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
+CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_at);
 `;
+
+const MESSAGE_COLUMNS = 'id, mail_from, recipients, envelope, size, received_at, trace, delay_warned_at';
+const DELIVERY_COLUMNS =
+  'message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply, last_next_hop, settled_at';
+
+/** A delivery that may be leased now: queued, due (or the flush / expiry options), lease free or expired. */
+const CLAIMABLE = `d.state = 'queued' AND d.next_attempt_at <= :dueBy
+  AND (d.lease_until IS NULL OR d.lease_until <= :now)
+  AND (:notAttemptedSince IS NULL OR d.last_attempt_at IS NULL OR d.last_attempt_at < :notAttemptedSince)`;
+
+/** The list filter; a null parameter does not filter. */
+const LISTED = `(:receivedBefore IS NULL OR m.received_at <= :receivedBefore)
+  AND (:sender IS NULL OR (:sender = '<>' AND m.mail_from = '') OR instr(lower(m.mail_from), lower(:sender)) > 0)
+  AND (:state IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state = :state))
+  AND (:domain IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+        AND lower(substr(d.recipient, -length(:domain) - 1)) = '@' || lower(:domain)))
+  AND (:recipient IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+        AND instr(lower(d.recipient), lower(:recipient)) > 0))`;
 
 interface MessageRow {
   id: string;
   mail_from: string;
   recipients: string;
+  envelope: string;
   size: number;
   received_at: number;
+  trace: string;
+  delay_warned_at: number | null;
 }
 
 interface DeliveryRow {
@@ -59,6 +105,8 @@ interface DeliveryRow {
   next_attempt_at: number;
   last_attempt_at: number | null;
   last_reply: string | null;
+  last_next_hop: string | null;
+  settled_at: number | null;
 }
 
 function toMessage(row: MessageRow): MessageInfo {
@@ -66,8 +114,11 @@ function toMessage(row: MessageRow): MessageInfo {
     id: row.id,
     mailFrom: row.mail_from,
     recipients: JSON.parse(row.recipients) as string[],
+    envelope: JSON.parse(row.envelope) as MessageInfo['envelope'],
     size: row.size,
     receivedAt: row.received_at,
+    trace: JSON.parse(row.trace) as Record<string, string>,
+    delayWarnedAt: row.delay_warned_at,
   };
 }
 
@@ -81,6 +132,8 @@ function toDelivery(row: DeliveryRow): Delivery {
     nextAttemptAt: row.next_attempt_at,
     lastAttemptAt: row.last_attempt_at,
     lastReply: row.last_reply,
+    lastNextHop: row.last_next_hop,
+    settledAt: row.settled_at,
   };
 }
 
@@ -96,8 +149,9 @@ export async function openSqliteStore(path: string): Promise<Store> {
   const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
   let open = true;
 
-  function tx<T>(fn: () => T): T {
-    db.exec('BEGIN IMMEDIATE');
+  /** Run fn in one transaction: IMMEDIATE (write lock up front) for writes, DEFERRED for reads. */
+  function tx<T>(fn: () => T, mode: 'IMMEDIATE' | 'DEFERRED' = 'IMMEDIATE'): T {
+    db.exec(`BEGIN ${mode}`);
     try {
       const result = fn();
       db.exec('COMMIT');
@@ -111,7 +165,15 @@ export async function openSqliteStore(path: string): Promise<Store> {
   try {
     db.exec('PRAGMA journal_mode = WAL');
     db.exec('PRAGMA synchronous = FULL');
-    tx(() => db.exec(SCHEMA));
+    tx(() => {
+      const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
+      const used = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'`).get();
+      if (version !== FORMAT && (version !== 0 || used)) {
+        throw new Error(`${path}: store file format ${version} is not ${FORMAT} (written by another build); move the file away`);
+      }
+      db.exec(SCHEMA);
+      db.exec(`PRAGMA user_version = ${FORMAT}`);
+    });
   } catch (err) {
     db.close();
     throw err;
@@ -119,66 +181,113 @@ export async function openSqliteStore(path: string): Promise<Store> {
 
   const q = {
     insertMessage: db.prepare(
-      'INSERT OR IGNORE INTO messages (id, mail_from, recipients, size, received_at) VALUES (?, ?, ?, ?, ?)',
+      `INSERT OR IGNORE INTO messages (${MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`,
     ),
     insertBody: db.prepare('INSERT INTO bodies (message_id, body) VALUES (?, ?)'),
     insertDelivery: db.prepare(
       `INSERT INTO deliveries (message_id, recipient, route, state, attempts, next_attempt_at)
        VALUES (?, ?, ?, 'queued', 0, ?)`,
     ),
-    claimable: db.prepare(
-      `SELECT d.message_id AS id FROM deliveries d JOIN messages m ON m.id = d.message_id
-       WHERE d.route = :route AND d.state = 'queued' AND d.next_attempt_at <= :dueBy
-         AND (d.lease_until IS NULL OR d.lease_until <= :now)
-         AND (:notAttemptedSince IS NULL OR d.last_attempt_at IS NULL OR d.last_attempt_at < :notAttemptedSince)
-       GROUP BY d.message_id
-       ORDER BY m.received_at, d.message_id
-       LIMIT :limit`,
+    // Two variants, so that the one-route claim uses deliveries_claim.
+    claimableOfRoute: db.prepare(
+      `SELECT d.message_id AS id, d.route FROM deliveries d JOIN messages m ON m.id = d.message_id
+       WHERE d.route = :route AND ${CLAIMABLE}
+         AND (:receivedBefore IS NULL OR m.received_at < :receivedBefore)
+       GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id LIMIT :limit`,
+    ),
+    claimableOfAny: db.prepare(
+      `SELECT d.message_id AS id, d.route FROM deliveries d JOIN messages m ON m.id = d.message_id
+       WHERE ${CLAIMABLE}
+         AND (:receivedBefore IS NULL OR m.received_at < :receivedBefore)
+       GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id, d.route LIMIT :limit`,
     ),
     lease: db.prepare(
-      `UPDATE deliveries SET lease_owner = :owner, lease_until = :leaseUntil
-       WHERE message_id = :messageId AND route = :route AND state = 'queued'
-         AND next_attempt_at <= :dueBy
-         AND (lease_until IS NULL OR lease_until <= :now)
-         AND (:notAttemptedSince IS NULL OR last_attempt_at IS NULL OR last_attempt_at < :notAttemptedSince)
-       RETURNING message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply`,
+      `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil
+       WHERE d.message_id = :messageId AND d.route = :route AND ${CLAIMABLE}
+       RETURNING ${DELIVERY_COLUMNS}`,
     ),
-    message: db.prepare('SELECT id, mail_from, recipients, size, received_at FROM messages WHERE id = ?'),
-    deliveries: db.prepare(
-      `SELECT message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply
-       FROM deliveries WHERE message_id = ?`,
+    message: db.prepare(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
+    deliveries: db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?`),
+    queuedDeliveries: db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? AND state = 'queued'`),
+    attempts: db.prepare(
+      'SELECT recipient, at, next_hop AS nextHop, result, reply FROM attempts WHERE message_id = ? ORDER BY seq',
     ),
     body: db.prepare('SELECT body FROM bodies WHERE message_id = ?'),
-    settleDelivered: db.prepare(
-      `DELETE FROM deliveries WHERE message_id = ? AND recipient = ? AND state = 'queued' AND lease_owner = ?`,
+    // A held delivery may still be leased by the deliverer that had it in flight: its outcome counts.
+    settleFinal: db.prepare(
+      `UPDATE deliveries SET state = :state, attempts = attempts + 1, last_attempt_at = :now, last_reply = :reply,
+         last_next_hop = :nextHop, settled_at = :now, lease_owner = NULL, lease_until = NULL
+       WHERE message_id = :messageId AND recipient = :recipient AND state IN ('queued', 'held') AND lease_owner = :owner`,
     ),
     settleDeferred: db.prepare(
-      `UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?, last_reply = ?, next_attempt_at = ?,
-         lease_owner = NULL, lease_until = NULL
-       WHERE message_id = ? AND recipient = ? AND state = 'queued' AND lease_owner = ?`,
+      `UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = :now, last_reply = :reply,
+         last_next_hop = :nextHop, next_attempt_at = :nextAttemptAt, lease_owner = NULL, lease_until = NULL
+       WHERE message_id = :messageId AND recipient = :recipient AND state IN ('queued', 'held') AND lease_owner = :owner`,
     ),
-    settleFailed: db.prepare(
-      `UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_attempt_at = ?, last_reply = ?,
-         lease_owner = NULL, lease_until = NULL
-       WHERE message_id = ? AND recipient = ? AND state = 'queued' AND lease_owner = ?`,
+    insertAttempt: db.prepare(
+      'INSERT INTO attempts (message_id, recipient, at, next_hop, result, reply) VALUES (?, ?, ?, ?, ?, ?)',
     ),
-    remaining: db.prepare('SELECT COUNT(*) AS n FROM deliveries WHERE message_id = ?'),
+    pending: db.prepare(
+      `SELECT COUNT(*) AS n FROM deliveries WHERE message_id = ? AND state IN ('queued', 'held')`,
+    ),
+    list: db.prepare(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages m WHERE ${LISTED} ORDER BY m.received_at DESC, m.id DESC LIMIT :limit OFFSET :offset`,
+    ),
+    listed: db.prepare(`SELECT COUNT(*) AS n FROM messages m WHERE ${LISTED}`),
+    hold: db.prepare(`UPDATE deliveries SET state = 'held' WHERE message_id = ? AND state = 'queued'`),
+    release: db.prepare(`UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE message_id = ? AND state = 'held'`),
+    retryNow: db.prepare(
+      `UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, lease_until = NULL WHERE message_id = ? AND state = 'queued'`,
+    ),
+    delayWarnable: db.prepare(
+      `SELECT m.id FROM messages m
+       WHERE m.received_at < ? AND m.delay_warned_at IS NULL
+         AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state = 'queued')
+       ORDER BY m.received_at, m.id LIMIT ?`,
+    ),
+    markDelayWarned: db.prepare('UPDATE messages SET delay_warned_at = ? WHERE id = ?'),
+    purgeable: db.prepare(
+      `SELECT m.id FROM messages m
+       WHERE m.id IN (SELECT message_id FROM deliveries WHERE settled_at < :before)
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND (d.settled_at IS NULL OR d.settled_at >= :before))`,
+    ),
     deleteMessage: db.prepare('DELETE FROM messages WHERE id = ?'),
     deleteBody: db.prepare('DELETE FROM bodies WHERE message_id = ?'),
+    deleteDeliveries: db.prepare('DELETE FROM deliveries WHERE message_id = ?'),
+    deleteAttempts: db.prepare('DELETE FROM attempts WHERE message_id = ?'),
     routes: db.prepare(`SELECT DISTINCT route FROM deliveries WHERE state = 'queued' ORDER BY route`),
     nextDue: db.prepare(`SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE route = ? AND state = 'queued'`),
     queuedByRoute: db.prepare(`SELECT route, COUNT(*) AS n FROM deliveries WHERE state = 'queued' GROUP BY route`),
-    failedCount: db.prepare(`SELECT COUNT(*) AS n FROM deliveries WHERE state = 'failed'`),
-    messageCount: db.prepare('SELECT COUNT(*) AS n FROM messages'),
+    stateCounts: db.prepare(`SELECT state, COUNT(*) AS n FROM deliveries WHERE state <> 'queued' GROUP BY state`),
+    pendingMessages: db.prepare(
+      `SELECT COUNT(DISTINCT message_id) AS n FROM deliveries WHERE state IN ('queued', 'held')`,
+    ),
     oldestQueued: db.prepare(
       `SELECT MIN(m.received_at) AS t FROM messages m
        WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state = 'queued')`,
     ),
+    cacheGet: db.prepare('SELECT value FROM cache WHERE key = ? AND expires_at > ?'),
+    cachePut: db.prepare(
+      'INSERT INTO cache (key, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at',
+    ),
+    cacheExpire: db.prepare('DELETE FROM cache WHERE expires_at <= ?'),
   };
 
   function readMessage(id: string): MessageInfo | null {
     const row = q.message.get(id) as MessageRow | undefined;
     return row ? toMessage(row) : null;
+  }
+
+  function readDeliveries(message: MessageInfo, queuedOnly = false): Delivery[] {
+    const rows = (queuedOnly ? q.queuedDeliveries : q.deliveries).all(message.id) as unknown as DeliveryRow[];
+    return inRecipientOrder(message, rows.map(toDelivery));
+  }
+
+  function deleteMessage(id: string): boolean {
+    q.deleteBody.run(id);
+    q.deleteDeliveries.run(id);
+    q.deleteAttempts.run(id);
+    return Number(q.deleteMessage.run(id).changes) > 0;
   }
 
   function assertOpen(): void {
@@ -197,8 +306,10 @@ export async function openSqliteStore(path: string): Promise<Store> {
           mail.id,
           mail.envelope.mailFrom,
           JSON.stringify(recipients),
+          JSON.stringify(mail.envelope),
           mail.body.length,
           mail.receivedAt,
+          JSON.stringify(mail.trace ?? {}),
         );
         if (Number(inserted.changes) === 0) return false;
         q.insertBody.run(mail.id, mail.body);
@@ -210,22 +321,22 @@ export async function openSqliteStore(path: string): Promise<Store> {
     async claim(o: ClaimOptions): Promise<ClaimedMessage[]> {
       assertOpen();
       const filter = {
-        route: o.route,
         now: o.now,
-        dueBy: o.ignoreSchedule ? Number.MAX_SAFE_INTEGER : o.now,
+        dueBy: o.ignoreSchedule || o.receivedBefore !== undefined ? Number.MAX_SAFE_INTEGER : o.now,
         notAttemptedSince: o.notAttemptedSince ?? null,
       };
+      const select = { ...filter, receivedBefore: o.receivedBefore ?? null, limit: o.limit };
       return tx(() => {
-        const ids = q.claimable.all({ ...filter, limit: o.limit }) as unknown as { id: string }[];
+        const groups = (
+          o.route === undefined ? q.claimableOfAny.all(select) : q.claimableOfRoute.all({ ...select, route: o.route })
+        ) as unknown as { id: string; route: string }[];
         const claimed: ClaimedMessage[] = [];
-        for (const { id } of ids) {
+        for (const { id, route } of groups) {
           const message = readMessage(id);
           if (!message) continue;
-          const rows = q.lease.all({ ...filter, messageId: id, owner: o.owner, leaseUntil: o.now + o.leaseMs });
+          const rows = q.lease.all({ ...filter, messageId: id, route, owner: o.owner, leaseUntil: o.now + o.leaseMs });
           const deliveries = (rows as unknown as DeliveryRow[]).map(toDelivery);
-          if (deliveries.length > 0) {
-            claimed.push({ message, route: o.route, deliveries: inRecipientOrder(message, deliveries) });
-          }
+          if (deliveries.length > 0) claimed.push({ message, route, deliveries: inRecipientOrder(message, deliveries) });
         }
         return claimed;
       });
@@ -235,36 +346,104 @@ export async function openSqliteStore(path: string): Promise<Store> {
       assertOpen();
       tx(() => {
         for (const o of outcomes) {
-          if (o.result === 'delivered') {
-            q.settleDelivered.run(messageId, o.recipient, owner);
-          } else if (o.result === 'deferred') {
-            q.settleDeferred.run(now, o.reply, o.nextAttemptAt, messageId, o.recipient, owner);
-          } else {
-            q.settleFailed.run(now, o.reply, messageId, o.recipient, owner);
+          const params = { messageId, recipient: o.recipient, owner, now, reply: o.reply, nextHop: o.nextHop ?? null };
+          const changed =
+            o.result === 'deferred'
+              ? q.settleDeferred.run({ ...params, nextAttemptAt: o.nextAttemptAt })
+              : q.settleFinal.run({ ...params, state: o.result });
+          if (Number(changed.changes) > 0) {
+            q.insertAttempt.run(messageId, o.recipient, now, o.nextHop ?? null, o.result, o.reply);
           }
         }
-        const { n } = q.remaining.get(messageId) as { n: number };
-        if (n === 0) {
-          q.deleteBody.run(messageId);
-          q.deleteMessage.run(messageId);
-        }
+        if ((q.pending.get(messageId) as { n: number }).n === 0) q.deleteBody.run(messageId);
       });
     },
 
     async readBody(messageId: string): Promise<Readable> {
       assertOpen();
-      const row = q.body.get(messageId) as { body: Uint8Array } | undefined;
-      if (!row) throw new Error(`message ${messageId} is not in the store`);
+      const row = tx(() => {
+        const found = q.body.get(messageId) as { body: Uint8Array } | undefined;
+        if (found) return found;
+        if (readMessage(messageId)) {
+          throw new Error(`message ${messageId} has no body any more: every delivery is delivered or failed`);
+        }
+        throw new Error(`message ${messageId} is not in the store`);
+      }, 'DEFERRED');
       const body = Buffer.from(row.body.buffer, row.body.byteOffset, row.body.byteLength);
       return Readable.from([body], { objectMode: false });
     },
 
-    async getMessage(messageId: string) {
+    async getMessage(messageId: string): Promise<MessageDetail | null> {
       assertOpen();
-      const message = readMessage(messageId);
-      if (!message) return null;
-      const deliveries = (q.deliveries.all(messageId) as unknown as DeliveryRow[]).map(toDelivery);
-      return { message, deliveries: inRecipientOrder(message, deliveries) };
+      return tx(() => {
+        const message = readMessage(messageId);
+        if (!message) return null;
+        const attempts = q.attempts.all(messageId) as unknown as AttemptRecord[];
+        return { message, deliveries: readDeliveries(message), attempts: attempts.map((a) => ({ ...a })) };
+      }, 'DEFERRED');
+    },
+
+    async list(filter: ListFilter): Promise<{ total: number; items: MessageSummary[] }> {
+      assertOpen();
+      const where = {
+        state: filter.state ?? null,
+        domain: filter.domain ?? null,
+        sender: filter.sender ?? null,
+        recipient: filter.recipient ?? null,
+        receivedBefore: filter.receivedBefore ?? null,
+      };
+      const page = { limit: Math.max(0, Math.min(filter.limit ?? 50, 1000)), offset: Math.max(0, filter.offset ?? 0) };
+      return tx(() => {
+        const total = (q.listed.get(where) as { n: number }).n;
+        const rows = q.list.all({ ...where, ...page }) as unknown as MessageRow[];
+        const items = rows.map((row) => {
+          const message = toMessage(row);
+          return { message, deliveries: readDeliveries(message) };
+        });
+        return { total, items };
+      }, 'DEFERRED');
+    },
+
+    async hold(messageId: string): Promise<number> {
+      assertOpen();
+      return tx(() => Number(q.hold.run(messageId).changes));
+    },
+
+    async release(messageId: string, now: number): Promise<number> {
+      assertOpen();
+      return tx(() => Number(q.release.run(now, messageId).changes));
+    },
+
+    async retryNow(messageId: string, now: number): Promise<number> {
+      assertOpen();
+      return tx(() => Number(q.retryNow.run(now, messageId).changes));
+    },
+
+    async remove(messageId: string): Promise<boolean> {
+      assertOpen();
+      return tx(() => deleteMessage(messageId));
+    },
+
+    async takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]> {
+      assertOpen();
+      return tx(() => {
+        const ids = q.delayWarnable.all(receivedBefore, limit) as unknown as { id: string }[];
+        return ids.map(({ id }) => {
+          q.markDelayWarned.run(now, id);
+          const message = readMessage(id) as MessageInfo;
+          return { message, deliveries: readDeliveries(message, true) };
+        });
+      });
+    },
+
+    async purge(settledBefore: number): Promise<number> {
+      assertOpen();
+      return tx(() => {
+        const ids = q.purgeable.all({ before: settledBefore }) as unknown as { id: string }[];
+        // Expired cache entries are invisible to cacheGet; drop them with the old records.
+        q.cacheExpire.run(settledBefore);
+        return ids.filter(({ id }) => deleteMessage(id)).length;
+      });
     },
 
     async routes(): Promise<string[]> {
@@ -279,14 +458,30 @@ export async function openSqliteStore(path: string): Promise<Store> {
 
     async stats(): Promise<QueueStats> {
       assertOpen();
-      const queued: Record<string, number> = {};
-      for (const r of q.queuedByRoute.all() as unknown as { route: string; n: number }[]) queued[r.route] = r.n;
-      return {
-        queued,
-        failed: (q.failedCount.get() as { n: number }).n,
-        messages: (q.messageCount.get() as { n: number }).n,
-        oldestQueuedAt: (q.oldestQueued.get() as { t: number | null }).t,
-      };
+      return tx(() => {
+        const queued: Record<string, number> = {};
+        for (const r of q.queuedByRoute.all() as unknown as { route: string; n: number }[]) queued[r.route] = r.n;
+        const counts: Record<string, number> = {};
+        for (const r of q.stateCounts.all() as unknown as { state: string; n: number }[]) counts[r.state] = r.n;
+        return {
+          queued,
+          held: counts['held'] ?? 0,
+          delivered: counts['delivered'] ?? 0,
+          failed: counts['failed'] ?? 0,
+          messages: (q.pendingMessages.get() as { n: number }).n,
+          oldestQueuedAt: (q.oldestQueued.get() as { t: number | null }).t,
+        };
+      }, 'DEFERRED');
+    },
+
+    async cacheGet(key: string, now: number): Promise<string | null> {
+      assertOpen();
+      return (q.cacheGet.get(key, now) as { value: string } | undefined)?.value ?? null;
+    },
+
+    async cachePut(key: string, value: string, expiresAt: number): Promise<void> {
+      assertOpen();
+      tx(() => q.cachePut.run(key, value, expiresAt));
     },
 
     ready(): boolean {

@@ -1,14 +1,17 @@
 import type { Readable } from 'node:stream';
-import type { ClaimedMessage, Delivery, MessageInfo, Outcome, ReceivedMail } from './types.ts';
+import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
 
 export interface ClaimOptions {
-  route: string;
+  /** Only this route; absent: any route (the expiry sweep). */
+  route?: string;
   /** Epoch ms; deliveries due at or before it are claimable. */
   now: number;
   /** Claim regardless of nextAttemptAt (flush on primary up / queue.flush) ... */
   ignoreSchedule?: boolean;
   /** ... but only deliveries not attempted at or after this time (so a flush attempts each delivery once). */
   notAttemptedSince?: number;
+  /** Only deliveries of messages received before this time, due or not (queue lifetime expiry). */
+  receivedBefore?: number;
   leaseMs: number;
   owner: string;
   /** Maximum number of messages returned. */
@@ -16,12 +19,42 @@ export interface ClaimOptions {
 }
 
 export interface QueueStats {
-  /** Deliveries waiting, by route. */
+  /** Deliveries waiting (queued), by route. */
   queued: Record<string, number>;
+  held: number;
+  /** Records kept for the retention period. */
+  delivered: number;
   failed: number;
+  /** Messages with at least one queued or held delivery. */
   messages: number;
   /** receivedAt of the oldest message with a queued delivery, or null. */
   oldestQueuedAt: number | null;
+}
+
+export interface ListFilter {
+  /** Messages having at least one delivery in this state. */
+  state?: DeliveryState;
+  /** Messages with a recipient in this domain (exact, case-insensitive). */
+  domain?: string;
+  /** Sender contains this text (case-insensitive); '<>' matches the null sender. */
+  sender?: string;
+  /** A recipient contains this text (case-insensitive). */
+  recipient?: string;
+  /** Received at or before this epoch ms. */
+  receivedBefore?: number;
+  /** Newest first; default 50, at most 1000. */
+  limit?: number;
+  offset?: number;
+}
+
+export interface MessageSummary {
+  message: MessageInfo;
+  deliveries: Delivery[];
+}
+
+export interface MessageDetail extends MessageSummary {
+  /** Every attempt, oldest first. */
+  attempts: AttemptRecord[];
 }
 
 /**
@@ -35,25 +68,47 @@ export interface Store {
    */
   put(mail: ReceivedMail, routes: Record<string, string>): Promise<boolean>;
   /**
-   * Lease due, unleased, queued deliveries of one route to `owner` until now + leaseMs, grouped by
-   * message, oldest message first. Two concurrent claims never return the same delivery.
+   * Lease claimable queued deliveries to `owner` until now + leaseMs, grouped by message, oldest
+   * message first. Claimable: state queued, not leased by anyone (or lease expired), due (or the
+   * flush / expiry options). Two concurrent claims never return the same delivery. Held, delivered
+   * and failed deliveries are never claimed.
    */
   claim(options: ClaimOptions): Promise<ClaimedMessage[]>;
   /**
    * Record the outcome of an attempt for recipients of one message, and release their lease.
-   * Only deliveries still leased by `owner` are changed. delivered: removed; deferred: queued again
-   * at nextAttemptAt; failed: kept with state failed and the reply. A message with no delivery left
-   * is removed with its body.
+   * Only deliveries still leased by `owner` are changed. Each outcome adds an AttemptRecord.
+   * delivered / failed: state set, settledAt = now, kept as a record; deferred: queued again at
+   * nextAttemptAt. When no delivery of the message is queued or held any more, its body is removed.
    */
   settle(messageId: string, owner: string, outcomes: Outcome[], now: number): Promise<void>;
-  /** The stored raw message. Throws when unknown. */
+  /** The stored raw message. Rejects when unknown or when its body is gone (all delivered/failed). */
   readBody(messageId: string): Promise<Readable>;
-  getMessage(messageId: string): Promise<{ message: MessageInfo; deliveries: Delivery[] } | null>;
+  /** The message, every delivery (any state) and every attempt; null when unknown. */
+  getMessage(messageId: string): Promise<MessageDetail | null>;
+  list(filter: ListFilter): Promise<{ total: number; items: MessageSummary[] }>;
+  /** held <- queued for every queued delivery of the message; returns how many changed. */
+  hold(messageId: string): Promise<number>;
+  /** queued (due now) <- held; returns how many changed. */
+  release(messageId: string, now: number): Promise<number>;
+  /** Make every queued delivery of the message due now (and drop any lease); returns how many. */
+  retryNow(messageId: string, now: number): Promise<number>;
+  /** Delete the message, its body, deliveries and attempts; false when unknown. */
+  remove(messageId: string): Promise<boolean>;
+  /**
+   * Atomically mark up to `limit` messages as delay-warned: those received before `receivedBefore`
+   * with a queued delivery and not warned yet. Returns them with their queued deliveries.
+   */
+  takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]>;
+  /** Remove messages whose deliveries are all delivered/failed and settled before `settledBefore`. Returns how many. */
+  purge(settledBefore: number): Promise<number>;
   /** Routes that have at least one queued delivery. */
   routes(): Promise<string[]>;
   /** Earliest nextAttemptAt of any queued delivery of a route, or null. */
   nextDue(route: string): Promise<number | null>;
   stats(): Promise<QueueStats>;
+  /** A small persistent key-value cache with expiry (recipient verification results). */
+  cacheGet(key: string, now: number): Promise<string | null>;
+  cachePut(key: string, value: string, expiresAt: number): Promise<void>;
   /** True while the store can take writes. */
   ready(): boolean;
   close(): Promise<void>;

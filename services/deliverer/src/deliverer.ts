@@ -1,12 +1,13 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { SpanStatusCode, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Broker, EventKey, EventPayload, FlushEvent, PrimaryEvent, SpooledEvent } from '@backupmx/shared/broker.ts';
 import { formatTarget, type Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
 import { configuredRoutes, routeTargets } from '@backupmx/shared/routing.ts';
 import type { Store } from '@backupmx/shared/store.ts';
 import type { ClaimedMessage } from '@backupmx/shared/types.ts';
+import { recordAttempt } from './attempt-telemetry.ts';
 import { toOutcomes, verdicts } from './outcomes.ts';
 import { nextAttemptAt } from './retry.ts';
 import { createSmtpClient } from './smtp-client.ts';
@@ -88,14 +89,17 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     const { message } = claim;
     const recipients = claim.deliveries.map((delivery) => delivery.recipient);
     const attempts = new Map(claim.deliveries.map((delivery) => [delivery.recipient, delivery.attempts + 1]));
-    return tracer.startActiveSpan('smtp.deliver', { attributes: { 'backupmx.queue_id': message.id, 'backupmx.recipients': recipients.length, 'backupmx.route': claim.route } }, async (span) => {
+    // A child of the message's own trace (stored by the spool), whatever started this run.
+    const parent = propagation.extract(ROOT_CONTEXT, message.trace ?? {});
+    return tracer.startActiveSpan('smtp.deliver', { attributes: { 'backupmx.queue_id': message.id, 'backupmx.recipients': recipients.length, 'backupmx.route': claim.route } }, parent, async (span) => {
       try {
         const attempt = await client.send(routeTargets(claim.route), { from: message.mailFrom, to: recipients }, () => store.readBody(message.id));
         const now = Date.now();
         const list = verdicts(recipients, attempt);
-        const outcomes = toOutcomes(list, (recipient) => nextAttemptAt(attempts.get(recipient) ?? 1, config.RETRY_SCHEDULE, now));
+        const retryAt = (recipient: string) => nextAttemptAt(attempts.get(recipient) ?? 1, config.RETRY_SCHEDULE, now);
+        const outcomes = toOutcomes(list, retryAt, attempt.target || null);
         await store.settle(message.id, owner, outcomes, now);
-        span.setAttribute('backupmx.next_hop', attempt.target);
+        recordAttempt(span, claim.route, attempt, list);
         for (const verdict of list) {
           const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target, result: verdict.result, reply: verdict.reply };
           if (verdict.result === 'delivered') log.info(fields, 'delivered');

@@ -1,3 +1,4 @@
+import '@backupmx/shared/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
 import { createLogger } from '@backupmx/shared/logger.ts';
 import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime.ts';

@@ -36,9 +36,12 @@ export function verdicts(recipients: readonly string[], outcome: { result: SendR
   });
 }
 
-/** Turn verdicts into store outcomes, scheduling deferred ones. */
-export function toOutcomes(list: readonly Verdict[], retryAt: (recipient: string) => number): Outcome[] {
+/** Turn verdicts into store outcomes, scheduling deferred ones; `nextHop`: the target that gave the replies, when given. */
+export function toOutcomes(list: readonly Verdict[], retryAt: (recipient: string) => number, nextHop?: string | null): Outcome[] {
+  const hop = nextHop === undefined ? {} : { nextHop };
   return list.map((verdict) =>
-    verdict.result === 'deferred' ? { ...verdict, result: 'deferred', nextAttemptAt: retryAt(verdict.recipient) } : { ...verdict, result: verdict.result },
+    verdict.result === 'deferred'
+      ? { ...verdict, result: 'deferred', nextAttemptAt: retryAt(verdict.recipient), ...hop }
+      : { ...verdict, result: verdict.result, ...hop },
   );
 }

@@ -2,6 +2,7 @@ import type { Broker } from '@backupmx/shared/broker.ts';
 import type { Config } from '@backupmx/shared/config.ts';
 import { parseTarget } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
+import { primaryTransitions, primaryUp, probeDuration } from '@backupmx/shared/metrics.ts';
 import { configuredTargets } from '@backupmx/shared/routing.ts';
 import { applyProbe, initialState, type TargetState } from './hysteresis.ts';
 import { probeSmtp } from './probe.ts';
@@ -25,6 +26,9 @@ export function createMonitor(config: Config, broker: Broker, log: Logger) {
     const previous = states.get(target) ?? initialState(Date.now());
     const { next, transition } = applyProbe(previous, result, Date.now(), thresholds);
     states.set(target, next);
+    probeDuration.observe({ target, result: result.ok ? 'ok' : 'fail' }, result.latencyMs / 1000);
+    if (next.state !== 'unknown') primaryUp.set({ target }, next.state === 'up' ? 1 : 0);
+    if (transition) primaryTransitions.inc({ target, state: transition });
     const event = { target, state: next.state, since: next.since, lastError: next.lastError, latencyMs: next.lastLatencyMs };
     if (transition) {
       log[transition === 'up' ? 'info' : 'warn']({ target, error: next.lastError }, `primary ${transition}`);

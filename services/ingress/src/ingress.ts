@@ -2,6 +2,7 @@ import type { Broker } from '@backupmx/shared/broker.ts';
 import type { Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
 import { createSmtpListener } from './smtp-listener.ts';
+import { observeSmtp } from './smtp-metrics.ts';
 
 export interface Ingress {
   listening(): boolean;
@@ -10,7 +11,7 @@ export interface Ingress {
 }
 
 export async function startIngress(config: Config, broker: Broker, log: Logger): Promise<Ingress> {
-  const server = createSmtpListener(config, broker, log);
+  const server = observeSmtp(createSmtpListener(config, broker, log));
   await new Promise<void>((resolve, reject) => {
     server.server.once('error', reject);
     server.listen(config.SMTP_PORT, config.SMTP_HOST, () => {

@@ -1,3 +1,4 @@
+import { domainToASCII } from 'node:url';
 import { splitAddress } from '@backupmx/shared/address.ts';
 import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
 
@@ -17,4 +18,20 @@ export function checkRecipient(address: string, relayDomains: ReadonlySet<string
   if (parts.local.includes('@')) return denied('routing in local part');
   if (/[%!]/.test(parts.local)) return denied('routing in local part');
   return null;
+}
+
+/**
+ * The address with its domain in ASCII (IDNA A-labels, lower case). smtp-server turns an A-label
+ * domain into Unicode; relay domains are configured in ASCII and the primary may not speak
+ * SMTPUTF8, so both the relay check and the envelope we keep use the ASCII form. The local part is
+ * left as it is. An address whose domain has no ASCII form is returned unchanged (and then matches
+ * no relay domain).
+ */
+export function asciiAddress(address: string): string {
+  const at = address.lastIndexOf('@');
+  if (at <= 0 || at === address.length - 1 || address.endsWith(']')) return address;
+  const domain = address.slice(at + 1);
+  if (/^[\x21-\x7e]+$/.test(domain)) return address;
+  const ascii = domainToASCII(domain);
+  return ascii ? `${address.slice(0, at)}@${ascii}` : address;
 }

@@ -7,68 +7,120 @@ import type { Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
 import { countReceived } from '@backupmx/shared/message.ts';
 import { newQueueId } from '@backupmx/shared/queue-id.ts';
-import { replyError } from '@backupmx/shared/smtp-reply.ts';
-import { checkRecipient } from './relay-policy.ts';
+import { configuredRoutes } from '@backupmx/shared/routing.ts';
+import { replyError, type SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import type { ClientLimits } from './client-limits.ts';
+import type { Resolver } from './dns.ts';
+import { dnsblReply, findListing } from './dnsbl.ts';
+import { readMessage } from './message-reader.ts';
+import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
+import type { RecipientValidation } from './recipient-validation.ts';
+import { asciiAddress, checkRecipient } from './relay-policy.ts';
+import { dmarcRefusal, evaluateSender } from './sender-auth.ts';
+import { MIN_TLS_VERSION, type TlsFiles } from './tls-files.ts';
 
 /** Received headers above which a message is taken to be looping (Postfix hopcount_limit). */
 export const HOP_LIMIT = 50;
 
 const tracer = trace.getTracer('backupmx-ingress');
 
-/** Read the whole DATA stream (smtp-server replies only once it has ended). */
-function readAll(stream: SMTPServerDataStream, limit: number): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    stream.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) chunks.push(chunk);
-    });
-    stream.once('end', () => resolve(stream.sizeExceeded || size > limit ? null : Buffer.concat(chunks, size)));
-    stream.once('error', reject);
-  });
+export interface ListenerDeps {
+  primaryState: PrimaryState;
+  recipients: RecipientValidation;
+  limits: ClientLimits;
+  /** DNS for sender authentication and DNSBLs, each lookup already limited to DNS_TIMEOUT. */
+  resolver: Resolver;
+  /** STARTTLS certificate and key; null: no STARTTLS. */
+  tls: TlsFiles | null;
+}
+
+/** What we keep per SMTP session (smtp-server keeps one session object per connection). */
+interface SessionState {
+  /** The address the connection was counted under, until it is released. */
+  counted: string | null;
+  /** Which DNSBL zone lists the client, looked up from the connect on. */
+  dnsbl: Promise<string | null> | null;
+  /** The last transaction (smtp-server's session.transaction) counted as a message. */
+  transaction: number;
 }
 
 /**
- * The SMTP listener: a backup MX for RELAY_DOMAINS only. Answers 250 to DATA only after the broker
- * has confirmed the message; anything else is a 4xx so the sender keeps the message.
+ * The SMTP listener: a backup MX for RELAY_DOMAINS only, with the inbound protection a Postfix
+ * backup MX has (recipient validation, connection and rate limits, DNSBLs, STARTTLS, sender
+ * authentication). Answers 250 to DATA only after the broker has confirmed the message; anything
+ * else is a 4xx so the sender keeps the message.
  */
-export function createSmtpListener(config: Config, broker: Broker, log: Logger): SMTPServer {
+export function createSmtpListener(config: Config, broker: Broker, log: Logger, deps: ListenerDeps): SMTPServer {
   const relayDomains = new Set(config.RELAY_DOMAINS);
+  const routes = configuredRoutes(config);
+  const sessions = new WeakMap<SMTPServerSession, SessionState>();
+  const refuse = (callback: (error?: Error | null) => void, reply: SmtpReply, fields: Record<string, unknown>, message: string) => {
+    log.info({ ...fields, reply: `${reply.code} ${reply.status}` }, message);
+    callback(replyError(reply));
+  };
+
   const server: SMTPServer = new SMTPServer({
     name: config.SMTP_HOSTNAME,
     banner: 'ESMTP backupmx',
     size: config.MAX_MESSAGE_SIZE,
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    disabledCommands: deps.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    ...(deps.tls ? { key: deps.tls.key, cert: deps.tls.cert, minVersion: MIN_TLS_VERSION } : {}),
+    hideSTARTTLS: !deps.tls,
     hideENHANCEDSTATUSCODES: false,
     hidePIPELINING: false,
     hide8BITMIME: false,
     hideSMTPUTF8: false,
     hideDSN: true,
     disableReverseLookup: true,
-    // RFC 5321 4.5.3.2: a server waits at least 5 minutes for the next command.
-    socketTimeout: 300_000,
+    // RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command.
+    socketTimeout: config.COMMAND_TIMEOUT,
+    maxCommandLength: config.MAX_COMMAND_LENGTH,
     closeTimeout: 20_000,
     logger: false,
     // Read by smtp-server-patches.ts.
-    ...({ greetingDelay: config.GREETING_DELAY } as object),
+    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS } as object),
 
     onConnect(session, callback) {
-      log.debug({ client: session.remoteAddress, session: session.id }, 'connect');
+      const client = session.remoteAddress;
+      if (!config.ACCEPT_WHEN_PRIMARY_UP && deps.primaryState.allUp(routes, Date.now())) {
+        const reply = { code: 421, status: '4.3.2', text: `${config.SMTP_HOSTNAME} Service not available: the primary mail server is up, please use it` };
+        return refuse(callback, reply, { client }, 'connection refused: standby while the primary is up');
+      }
+      const limited = deps.limits.open(client);
+      if (limited) return refuse(callback, limited, { client }, 'connection refused: limit');
+      const dnsbl = config.DNSBL_ZONES.length ? findListing(client, config.DNSBL_ZONES, deps.resolver) : null;
+      sessions.set(session, { counted: client, dnsbl, transaction: 0 });
+      log.debug({ client, session: session.id }, 'connect');
+      callback();
+    },
+
+    onClose(session) {
+      const state = sessions.get(session);
+      if (state?.counted) {
+        deps.limits.close(state.counted);
+        state.counted = null;
+      }
+    },
+
+    onMailFrom(address, _session, callback) {
+      address.address = asciiAddress(address.address);
       callback();
     },
 
     onRcptTo(address, session, callback) {
-      if (session.envelope.rcptTo.length >= config.MAX_RECIPIENTS) {
-        return callback(replyError({ code: 452, status: '4.5.3', text: 'Error: too many recipients' }));
-      }
-      const refusal = checkRecipient(address.address, relayDomains);
-      if (refusal) {
-        log.info({ client: session.remoteAddress, from: session.envelope.mailFrom && session.envelope.mailFrom.address, to: address.address, reply: refusal.code }, 'recipient refused');
-        return callback(replyError(refusal));
-      }
-      callback();
+      address.address = asciiAddress(address.address);
+      checkRcpt(address.address, session).then(
+        (refusal) => {
+          if (!refusal) return callback();
+          const fields = { client: session.remoteAddress, from: session.envelope.mailFrom ? session.envelope.mailFrom.address : null, to: address.address };
+          refuse(callback, refusal, fields, 'recipient refused');
+        },
+        (error: unknown) => {
+          log.error({ err: error, to: address.address }, 'recipient check failed');
+          callback(replyError({ code: 451, status: '4.3.0', text: `<${address.address}>: Temporary lookup failure` }));
+        },
+      );
     },
 
     onData(stream, session, callback) {
@@ -79,37 +131,91 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger):
     },
   });
 
+  /** The rules for one recipient, in Postfix's order; null to accept it. */
+  async function checkRcpt(address: string, session: SMTPServerSession): Promise<SmtpReply | null> {
+    if (session.envelope.rcptTo.length >= config.MAX_RECIPIENTS) {
+      return { code: 452, status: '4.5.3', text: 'Error: too many recipients' };
+    }
+    // Like Postfix's anvil limits, every RCPT counts, accepted or not (that also slows down
+    // address harvesting); a message counts at its transaction's first RCPT.
+    const state = sessions.get(session);
+    const newMessage = state !== undefined && state.transaction !== session.transaction;
+    if (state && newMessage) state.transaction = session.transaction;
+    const limited = deps.limits.recipient(session.remoteAddress, newMessage, Date.now());
+    if (limited) return limited;
+    const relay = checkRecipient(address, relayDomains);
+    if (relay) return relay;
+    const listed = await state?.dnsbl;
+    if (listed) return dnsblReply(session.remoteAddress, listed);
+    return deps.recipients.check(address);
+  }
+
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const id = newQueueId();
-    const body = await readAll(stream, config.MAX_MESSAGE_SIZE);
+    const read = await readMessage(stream, config.MAX_MESSAGE_SIZE, config.MAX_HEADER_SIZE);
     const recipients = session.envelope.rcptTo.map((rcpt) => rcpt.address);
     const mailFrom = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const fields = { queueId: id, client: session.remoteAddress, from: mailFrom, recipients: recipients.length };
-    if (!body) {
+    if (read.refused === 'size') {
       log.info({ ...fields }, 'message refused: too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message size exceeds fixed limit of ${config.MAX_MESSAGE_SIZE} bytes` });
     }
+    if (read.refused === 'header') {
+      log.info({ ...fields }, 'message refused: header too large');
+      throw replyError({ code: 552, status: '5.3.4', text: `Message header size exceeds limit of ${config.MAX_HEADER_SIZE} bytes` });
+    }
+    const body = read.body;
     const hops = countReceived(body);
     if (hops > HOP_LIMIT) {
       log.warn({ ...fields, hops }, 'message refused: mail loop');
       throw replyError({ code: 554, status: '5.4.6', text: `Too many hops (${hops} Received headers): mail loop?` });
     }
+    const helo = session.hostNameAppearsAs || 'unknown';
+    let authResults = '';
+    if (config.SENDER_AUTH) {
+      const auth = await evaluateSender({
+        message: body,
+        clientAddress: session.remoteAddress,
+        helo,
+        mailFrom,
+        hostname: config.SMTP_HOSTNAME,
+        resolver: deps.resolver,
+        timeoutMs: 3 * config.DNS_TIMEOUT,
+      });
+      if (auth.timedOut) log.warn({ ...fields }, 'sender authentication timed out');
+      const refusal = config.DMARC_REJECT ? dmarcRefusal(auth.dmarc) : null;
+      if (refusal) {
+        log.info({ ...fields, dmarc: auth.dmarc }, 'message refused: DMARC');
+        throw replyError(refusal);
+      }
+      authResults = auth.header;
+    }
+    const tlsSession = session.secure ? (session as { tlsOptions?: { name?: string; version?: string } | false }).tlsOptions : null;
     const header = receivedHeader({
-      helo: session.hostNameAppearsAs || 'unknown',
+      helo,
       clientAddress: session.remoteAddress,
       by: config.SMTP_HOSTNAME,
       protocol: session.transmissionType || 'ESMTP',
       id,
       recipients,
       date: new Date(),
+      tls: tlsSession ? { version: tlsSession.version ?? 'TLS', cipher: tlsSession.name ?? 'unknown' } : null,
     });
-    const raw = Buffer.concat([Buffer.from(header, 'latin1'), body]);
+    const raw = Buffer.concat([Buffer.from(header, 'latin1'), Buffer.from(authResults, 'latin1'), body]);
+    const envelope = {
+      mailFrom,
+      rcptTo: recipients,
+      clientHelo: helo,
+      clientAddress: session.remoteAddress,
+      ...(session.envelope.smtpUtf8 ? { smtputf8: true } : {}),
+      ...(session.envelope.bodyType === '8bitmime' ? { body8bit: true } : {}),
+    };
     return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length } }, async (span) => {
       const carrier: Record<string, string> = {};
       propagation.inject(context.active(), carrier);
       try {
-        await broker.publishMail({ id, envelope: { mailFrom, rcptTo: recipients }, body: raw, receivedAt: Date.now(), trace: carrier });
-        log.info({ ...fields, size: raw.length }, 'message accepted');
+        await broker.publishMail({ id, envelope, body: raw, receivedAt: Date.now(), trace: carrier });
+        log.info({ ...fields, size: raw.length, tls: Boolean(tlsSession) }, 'message accepted');
         return id;
       } catch (error) {
         span.recordException(error as Error);
@@ -122,6 +228,6 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger):
     });
   }
 
-  server.on('error', (error) => log.error({ err: error }, 'smtp server error'));
+  server.on('error', (error) => log.debug({ err: error }, 'smtp connection error'));
   return server;
 }

@@ -1,6 +1,8 @@
+import '@backupmx/shared/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
 import { createLogger } from '@backupmx/shared/logger.ts';
 import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime.ts';
+import { startOperations } from './operations.ts';
 import { startSpool } from './spool.ts';
 
 const config = configOrExit('spool');
@@ -9,8 +11,10 @@ const log = createLogger('spool', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'spool', log);
 await startSpool(config, store, broker, log);
-const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), store: store.ready() }) });
+const operations = await startOperations(config, store, broker, log);
+const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), store: store.ready() }), routes: operations.routes });
 onShutdown(log, async () => {
+  await operations.stop();
   await broker.close();
   await store.close();
   await closeHttp(http);

@@ -2,10 +2,12 @@ import type { Broker, MailDisposition } from '@backupmx/shared/broker.ts';
 import type { Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
 import { parseHeaders } from '@backupmx/shared/message.ts';
-import { routeForRecipient } from '@backupmx/shared/routing.ts';
+import { routeForRecipient, type RoutingConfig } from '@backupmx/shared/routing.ts';
 import type { Store } from '@backupmx/shared/store.ts';
 import type { ReceivedMail } from '@backupmx/shared/types.ts';
-import { context, propagation, trace } from '@opentelemetry/api';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
+import { messagesDeadLettered } from '@backupmx/shared/metrics.ts';
 
 const tracer = trace.getTracer('backupmx-spool');
 
@@ -13,18 +15,39 @@ const tracer = trace.getTracer('backupmx-spool');
 export const PREFETCH = 64;
 
 /**
+ * How long a message waits for an unready store (MongoDB unreachable) before it goes back to
+ * RabbitMQ unacknowledged, to be redelivered later.
+ */
+export const STORE_WAIT_MS = 10_000;
+
+/** Whether the store is ready, waiting up to `waitMs` for it to become so. */
+async function storeReady(store: Store, waitMs: number): Promise<boolean> {
+  for (const deadline = Date.now() + waitMs; !store.ready(); await sleep(250)) {
+    if (Date.now() >= deadline) return false;
+  }
+  return true;
+}
+
+/**
  * Consume mail.received: store each message with one delivery per recipient (idempotent on the
  * queue id), and only then let the broker acknowledge it; announce it with mail.spooled.
- * A message that does not start with a header section is dead-lettered, never dropped.
+ * A message that does not start with a header section is dead-lettered, never dropped. While the
+ * store is not ready the handler throws (after waiting up to storeWaitMs): nothing is acknowledged.
  */
-export function createSpoolHandler(config: Pick<Config, 'PRIMARY' | 'domains'>, store: Store, broker: Broker, log: Logger) {
+export function createSpoolHandler(config: RoutingConfig, store: Store, broker: Broker, log: Logger, storeWaitMs = STORE_WAIT_MS) {
   return async function storeMail(mail: ReceivedMail): Promise<MailDisposition> {
     const parent = propagation.extract(context.active(), mail.trace ?? {});
     return tracer.startActiveSpan('spool.store', { attributes: { 'backupmx.queue_id': mail.id, 'backupmx.recipients': mail.envelope.rcptTo.length } }, parent, async (span) => {
       try {
         if (!parseHeaders(mail.body)) {
           log.error({ queueId: mail.id }, 'message headers cannot be understood; dead-lettering');
+          messagesDeadLettered.inc();
+          span.setAttribute('backupmx.dead_lettered', true);
           return 'dead';
+        }
+        if (!(await storeReady(store, storeWaitMs))) {
+          // Thrown, not acknowledged: the message stays in RabbitMQ's quorum queue and comes back.
+          throw new Error('the store is not ready (MongoDB unreachable?); leaving the message in RabbitMQ');
         }
         const routes: Record<string, string> = {};
         for (const recipient of mail.envelope.rcptTo) routes[recipient] = routeForRecipient(recipient, config);
@@ -32,6 +55,10 @@ export function createSpoolHandler(config: Pick<Config, 'PRIMARY' | 'domains'>, 
         log.info({ queueId: mail.id, from: mail.envelope.mailFrom, recipients: mail.envelope.rcptTo.length, size: mail.body.length, duplicate: !created }, created ? 'message spooled' : 'message already spooled');
         broker.publishEvent('mail.spooled', { id: mail.id, routes: [...new Set(Object.values(routes))] });
         return 'stored';
+      } catch (error) {
+        span.recordException(error as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
+        throw error;
       } finally {
         span.end();
       }

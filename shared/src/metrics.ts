@@ -1,0 +1,80 @@
+/**
+ * Prometheus metrics (prom-client), served by every service on GET /metrics (see http.ts). Each
+ * service updates the ones about what it does; gauges about the spool are read from the store
+ * when Prometheus scrapes (beforeScrape), not kept up to date on every write.
+ */
+import client from 'prom-client';
+import type { QueueStats } from './store.ts';
+
+export const registry = client.register;
+client.collectDefaultMetrics({ register: registry });
+
+// ingress
+export const smtpConnections = new client.Counter({ name: 'backupmx_smtp_connections_total', help: 'SMTP connections opened by senders.' });
+export const smtpConnectionsActive = new client.Gauge({ name: 'backupmx_smtp_connections_active', help: 'SMTP connections open now.' });
+export const messagesAccepted = new client.Counter({ name: 'backupmx_messages_accepted_total', help: 'Messages answered with 250 after DATA.' });
+export const smtpRejections = new client.Counter({
+  name: 'backupmx_smtp_rejections_total',
+  help: 'Replies refusing a command, by stage (connect, mail, rcpt, data), reply code and enhanced status code (the reason).',
+  labelNames: ['stage', 'code', 'status'] as const,
+});
+
+// spool
+export const messagesDeadLettered = new client.Counter({ name: 'backupmx_messages_dead_lettered_total', help: 'Messages the spool could not read and sent to the dead-letter queue.' });
+export const spoolDeliveries = new client.Gauge({ name: 'backupmx_spool_deliveries', help: 'Deliveries (one per recipient) in the store, by state.', labelNames: ['state'] as const });
+export const spoolQueued = new client.Gauge({ name: 'backupmx_spool_queued', help: 'Queued deliveries by route (the primary they wait for).', labelNames: ['route'] as const });
+export const spoolMessages = new client.Gauge({ name: 'backupmx_spool_messages', help: 'Messages with at least one queued or held delivery.' });
+export const spoolOldestAge = new client.Gauge({ name: 'backupmx_spool_oldest_queued_age_seconds', help: 'Age of the oldest message with a queued delivery (0 when none).' });
+
+// deliverer
+export const deliveryAttempts = new client.Counter({
+  name: 'backupmx_delivery_attempts_total',
+  help: 'Delivery attempts per recipient, by route and outcome (delivered, deferred, failed).',
+  labelNames: ['route', 'outcome'] as const,
+});
+
+// health
+export const primaryUp = new client.Gauge({ name: 'backupmx_primary_up', help: 'Primary target state: 1 up, 0 down (absent while unknown).', labelNames: ['target'] as const });
+export const primaryTransitions = new client.Counter({ name: 'backupmx_primary_transitions_total', help: 'Primary targets going up or down.', labelNames: ['target', 'state'] as const });
+export const probeDuration = new client.Histogram({
+  name: 'backupmx_probe_duration_seconds',
+  help: 'SMTP probe time (connect, greeting, EHLO, QUIT) by target and result.',
+  labelNames: ['target', 'result'] as const,
+  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+});
+
+// every service
+export const brokerReconnects = new client.Counter({ name: 'backupmx_broker_reconnects_total', help: 'Connections to RabbitMQ re-established after a loss.' });
+export const storeReconnects = new client.Counter({ name: 'backupmx_store_reconnects_total', help: 'Connections to the store re-established after a loss.' });
+export const readiness = new client.Gauge({ name: 'backupmx_ready', help: 'What /readyz checks: 1 connected, 0 not.', labelNames: ['check'] as const });
+export const alertNotifications = new client.Counter({ name: 'backupmx_alert_notifications_total', help: 'Alert webhook notifications, by result (sent, failed after retries).', labelNames: ['result'] as const });
+
+const hooks = new Set<() => unknown>();
+
+/** Run `hook` (e.g. read the store's statistics) before each scrape. Returns a function removing it. */
+export function beforeScrape(hook: () => unknown): () => void {
+  hooks.add(hook);
+  return () => hooks.delete(hook);
+}
+
+/** The text exposition, after every beforeScrape hook has run (a failing hook leaves stale values). */
+export async function scrape(): Promise<string> {
+  await Promise.allSettled([...hooks].map(async (hook) => hook()));
+  return registry.metrics();
+}
+
+/** Set the spool gauges from the store's statistics. */
+export function observeSpool(stats: QueueStats, now: number): void {
+  spoolQueued.reset();
+  let queued = 0;
+  for (const [route, count] of Object.entries(stats.queued)) {
+    spoolQueued.set({ route }, count);
+    queued += count;
+  }
+  spoolDeliveries.set({ state: 'queued' }, queued);
+  spoolDeliveries.set({ state: 'held' }, stats.held);
+  spoolDeliveries.set({ state: 'delivered' }, stats.delivered);
+  spoolDeliveries.set({ state: 'failed' }, stats.failed);
+  spoolMessages.set(stats.messages);
+  spoolOldestAge.set(stats.oldestQueuedAt === null ? 0 : Math.max(0, (now - stats.oldestQueuedAt) / 1000));
+}
