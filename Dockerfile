@@ -21,6 +21,8 @@ COPY package.json ./
 COPY shared shared
 COPY services services
 COPY src src
+# The backupmx command (admin CLI): docker compose exec spool node bin/backupmx.js queue
+COPY bin bin
 # The code stays root's (read-only to the service); only DATA_DIR is writable (SQLite spool and
 # dead letters when no MONGODB_URL / AMQP_URL is given).
 RUN mkdir -p /app/data && chown node:node /app/data

@@ -13,18 +13,22 @@ import { createMonitor } from '@backupmx/health/src/monitor.ts';
 import { startIngress } from '@backupmx/ingress/src/ingress.ts';
 import { startOperations } from '@backupmx/spool/src/operations.ts';
 import { startSpool } from '@backupmx/spool/src/spool.ts';
+import { createSweeper } from '@backupmx/spool/src/sweep.ts';
 
 const config = configOrExit('all');
 const log = createLogger('backupmx', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = config.AMQP_URL ? await connectBroker(config, 'all', log) : createMemoryBroker(join(config.DATA_DIR, 'dead'), log);
 await startSpool(config, store, broker, log);
+// Expiry, delay notices and record retention, whether or not any primary answers (issue 4).
+const sweeper = createSweeper(config, store, broker, log);
+sweeper.start();
 const operations = await startOperations(config, store, broker, log);
 const deliverer = createDeliverer(config, store, broker, log);
 await deliverer.start();
 const monitor = createMonitor(config, broker, log);
 monitor.start();
-const ingress = await startIngress(config, broker, log);
+const ingress = await startIngress(config, broker, log, { store });
 const http = await startHttp({
   host: config.HTTP_HOST,
   port: config.HTTP_PORT,
@@ -36,6 +40,7 @@ const http = await startHttp({
   },
 });
 onShutdown(log, async () => {
+  await sweeper.stop();
   await operations.stop();
   await ingress.stop();
   await monitor.stop();

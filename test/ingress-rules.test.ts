@@ -11,7 +11,9 @@ import { openSession } from './support/smtp-session.ts';
 describe('ingress: relay and protocol rules', () => {
   let system: Awaited<ReturnType<typeof startIngressWithSpool>>;
   before(async () => {
-    system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test,Backup.Example.Org', MAX_MESSAGE_SIZE: '4096', MAX_RECIPIENTS: '100' });
+    // No DNS here: every lookup answers "no such name" (sender authentication then finds nothing).
+    const resolver = async () => Promise.reject(Object.assign(new Error('not found'), { code: 'ENOTFOUND' }));
+    system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test,Backup.Example.Org', MAX_MESSAGE_SIZE: '4096', MAX_RECIPIENTS: '100' }, { ingress: { resolver } });
   });
   after(() => system.close());
 
@@ -121,7 +123,7 @@ describe('ingress: relay and protocol rules', () => {
     assert.equal(await storedMessages(), 1);
   });
 
-  it('queues accepted mail with one Received header on top and the sender\'s bytes intact', async () => {
+  it('queues accepted mail with one Received header on top, then Authentication-Results, and the sender\'s bytes intact', async () => {
     const before = await storedMessages();
     const body = 'From: a@origin.test\r\nTo: user@example.test\r\nSubject: =?UTF-8?Q?h=C3=A9?=\r\nDKIM-Signature: v=1; a=rsa-sha256; d=origin.test;\r\n\tb=abc\r\n\r\nline one\r\n..leading dot\r\n\xe9 8-bit\r\n';
     const smtp = await session();
@@ -142,8 +144,12 @@ describe('ingress: relay and protocol rules', () => {
     const received = /^Received: from client\.origin\.test \(\[127\.0\.0\.1\]\)\r\n\tby backup\.example\.test \(backupmx\) with ESMTP id ([0-9A-Z]+)\r\n\tfor <user@example\.test>; (\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000)\r\n/.exec(raw);
     assert.ok(received, `unexpected trace header:\n${raw.slice(0, 300)}`);
     assert.equal(received[1], id);
-    // Dot-stuffing undone, everything else byte for byte.
-    assert.equal(raw.slice(received[0].length), body.replace('..leading', '.leading'));
+    // Then our Authentication-Results, naming us; then the sender's bytes: dot-stuffing undone,
+    // everything else byte for byte.
+    const rest = raw.slice(received[0].length);
+    const results = /^Authentication-Results: backup\.example\.test;(?:[^\r\n]*\r\n[ \t])*[^\r\n]*\r\n/.exec(rest);
+    assert.ok(results, `no Authentication-Results below the Received header:\n${rest.slice(0, 300)}`);
+    assert.equal(rest.slice(results[0].length), body.replace('..leading', '.leading'));
   });
 
   it('says "for" only when there is exactly one recipient', async () => {

@@ -71,8 +71,8 @@ describe('spool while the store is not ready', () => {
       receivedAt: Date.now(),
     };
     await broker.publishMail(mail);
-    const redelivered = () => lines.filter((line) => line.includes('will be redelivered') && line.includes(mail.id)).length;
-    await waitFor('the spool to hand the message back twice', () => redelivered() >= 2, 20_000);
+    const retried = () => lines.filter((line) => line.includes('message not stored yet; retrying') && line.includes(mail.id)).length;
+    await waitFor('the spool to try the unready store twice', () => retried() >= 2, 20_000);
     assert.deepEqual(puts, [], 'no write was attempted while the store was not ready');
     assert.equal(await sqlite.getMessage(mail.id), null);
     assert.ok(lines.some((line) => line.includes('the store is not ready')), 'the log says why');

@@ -49,7 +49,8 @@ export function decodeMail(message: Pick<ConsumeMessage, 'content' | 'properties
   for (const key of ['traceparent', 'tracestate']) if (typeof headers[key] === 'string') trace[key] = headers[key];
   return {
     id: messageId,
-    envelope: { mailFrom: envelope.mailFrom, rcptTo: envelope.rcptTo.map(String) },
+    // The whole envelope travels (DSN parameters, client); only its two required fields are checked.
+    envelope: { ...envelope, rcptTo: envelope.rcptTo.map(String) },
     body: Buffer.from(message.content),
     receivedAt: Number(headers['x-received-at']) || Date.now(),
     trace,
@@ -66,6 +67,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
   let connection: ChannelModel | null = null;
   let publisher: ConfirmChannel | null = null;
   let closing = false;
+  const closed = new AbortController();
   let reconnecting: Promise<void> | null = null;
   let everConnected = false;
   const returned = new Set<string>();
@@ -184,19 +186,28 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
         const { consumerTag } = await channel.consume(TOPOLOGY.spoolQueue, (message) => {
           if (!message) return;
           const work = (async () => {
-            let disposition: MailDisposition;
+            let mail: ReceivedMail;
             try {
-              disposition = await handler(decodeMail(message));
+              mail = decodeMail(message);
             } catch (error) {
-              if (error instanceof SyntaxError || (error as Error).message.startsWith('bad x-envelope') || (error as Error).message === 'no messageId') {
-                log.error({ err: error, queueId: message.properties.messageId }, 'undecodable message; dead-lettering');
-                messagesDeadLettered.inc();
-                disposition = 'dead';
-              } else {
-                log.warn({ err: error, queueId: message.properties.messageId }, 'message not stored; will be redelivered');
-                await sleep(1000);
-                channel.nack(message, false, true);
-                return;
+              log.error({ err: error, queueId: message.properties.messageId }, 'undecodable message; dead-lettering');
+              messagesDeadLettered.inc();
+              channel.nack(message, false, false);
+              return;
+            }
+            // A handler that fails (the store is down) keeps the message and tries again rather than
+            // handing it back: before RabbitMQ 4.3 every return counts toward the queue's delivery
+            // limit, and a long store outage would dead-letter good mail. On close, the channel
+            // returns whatever is still held.
+            let disposition: MailDisposition | null = null;
+            for (let delay = 1000; disposition === null; delay = Math.min(delay * 2, 30_000)) {
+              try {
+                disposition = await handler(mail);
+              } catch (error) {
+                if (closing) return;
+                log.warn({ err: error, queueId: mail.id, retryInMs: delay }, 'message not stored yet; retrying');
+                await sleep(delay, undefined, { signal: closed.signal }).catch(() => {});
+                if (closing) return;
               }
             }
             if (disposition === 'stored') channel.ack(message);
@@ -248,6 +259,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
 
     async close() {
       closing = true;
+      closed.abort();
       for (const { channel, tag } of consumers) await channel.cancel(tag).catch(() => {});
       await Promise.allSettled([...inFlight]);
       const conn = connection;

@@ -17,14 +17,9 @@ interface Args {
 }
 export interface DsnSession {
   envelope: {
-    mailFrom: (Args & { address: string }) | false;
     rcptTo: (Args & { address: string })[];
     dsn?: { ret?: string | null; envid?: string | null };
-    bodyType?: string;
-    smtpUtf8?: boolean;
   };
-  hostNameAppearsAs?: string;
-  remoteAddress?: string;
 }
 
 function arg(address: Args, key: string): string | undefined {
@@ -48,23 +43,19 @@ export function checkRcptParams(address: Args): SmtpReply | null {
   return null;
 }
 
-/** The DSN parameters, body type and client of a session, for the stored Envelope. */
-export function envelopeExtras(session: DsnSession): Omit<Envelope, 'mailFrom' | 'rcptTo'> {
-  const extras: Omit<Envelope, 'mailFrom' | 'rcptTo'> = {};
+/** The RFC 3461 parameters of a session (RET, ENVID; NOTIFY and ORCPT per recipient) for the stored Envelope. */
+export function dsnParams(session: DsnSession): Pick<Envelope, 'ret' | 'envid' | 'dsn'> {
+  const params: Pick<Envelope, 'ret' | 'envid' | 'dsn'> = {};
   const ret = session.envelope.dsn?.ret?.toUpperCase();
-  if (ret === 'FULL' || ret === 'HDRS') extras.ret = ret;
-  if (session.envelope.dsn?.envid) extras.envid = session.envelope.dsn.envid;
+  if (ret === 'FULL' || ret === 'HDRS') params.ret = ret;
+  if (session.envelope.dsn?.envid) params.envid = session.envelope.dsn.envid;
   const dsn: Record<string, RecipientDsn> = {};
   for (const rcpt of session.envelope.rcptTo) {
-    const params: RecipientDsn = {};
-    if (rcpt.dsn?.notify?.length) params.notify = rcpt.dsn.notify.map((value) => value.toUpperCase());
-    if (rcpt.dsn?.orcpt) params.orcpt = rcpt.dsn.orcpt;
-    if (params.notify || params.orcpt) dsn[rcpt.address] = params;
+    const own: RecipientDsn = {};
+    if (rcpt.dsn?.notify?.length) own.notify = rcpt.dsn.notify.map((value) => value.toUpperCase());
+    if (rcpt.dsn?.orcpt) own.orcpt = rcpt.dsn.orcpt;
+    if (own.notify || own.orcpt) dsn[rcpt.address] = own;
   }
-  if (Object.keys(dsn).length > 0) extras.dsn = dsn;
-  if (session.envelope.smtpUtf8) extras.smtputf8 = true;
-  if (session.envelope.bodyType === '8bitmime') extras.body8bit = true;
-  if (session.hostNameAppearsAs) extras.clientHelo = session.hostNameAppearsAs;
-  if (session.remoteAddress) extras.clientAddress = session.remoteAddress;
-  return extras;
+  if (Object.keys(dsn).length > 0) params.dsn = dsn;
+  return params;
 }

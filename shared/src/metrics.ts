@@ -78,3 +78,23 @@ export function observeSpool(stats: QueueStats, now: number): void {
   spoolMessages.set(stats.messages);
   spoolOldestAge.set(stats.oldestQueuedAt === null ? 0 : Math.max(0, (now - stats.oldestQueuedAt) / 1000));
 }
+
+/**
+ * Follow a service's readiness checks (each second): keeps backupmx_ready current and counts a store
+ * reconnect whenever the `store` check comes back after having been lost, whatever the adapter.
+ * (RabbitMQ reconnects are counted by the broker itself.) Returns a function that stops it.
+ */
+export function followReadiness(checks: () => Record<string, boolean>, everyMs = 1000): () => void {
+  const last = new Map<string, boolean>();
+  const poll = () => {
+    for (const [check, ok] of Object.entries(checks())) {
+      if (check === 'store' && ok && last.get(check) === false) storeReconnects.inc();
+      // A check only counts as lost once it has been up.
+      if (ok || last.has(check)) last.set(check, ok);
+      readiness.set({ check }, ok ? 1 : 0);
+    }
+  };
+  const timer = setInterval(poll, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}

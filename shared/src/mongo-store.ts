@@ -114,7 +114,9 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
     writable = now;
   });
   client.on('serverHeartbeatFailed', (event) => log.debug({ server: event.connectionId, err: event.failure }, 'MongoDB heartbeat failed'));
-  await client.connect();
+  await client.connect().catch((error: unknown) => {
+    throw new Error(`MONGODB_URL: cannot reach a writable MongoDB server: ${(error as Error).message}`);
+  });
   const db: Db = client.db();
   const messages = db.collection<MessageDoc>('messages');
   const deliveries = db.collection<DeliveryDoc>('deliveries');
@@ -135,7 +137,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
         { key: { settledAt: 1, delayWarnedAt: 1, receivedAt: 1 } },
         { key: { expireAt: 1 }, expireAfterSeconds: 0 },
       ]),
-      attempts.createIndexes([{ key: { messageId: 1, _id: 1 } }, { key: { expireAt: 1 }, expireAfterSeconds: 0 }]),
+      attempts.createIndexes([{ key: { messageId: 1, at: 1, _id: 1 } }, { key: { expireAt: 1 }, expireAfterSeconds: 0 }]),
       cache.createIndexes([{ key: { expireAt: 1 }, expireAfterSeconds: 0 }]),
     ]);
   } catch (error) {
@@ -257,7 +259,9 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
           await deliveries.updateMany({ ...group, leaseToken: token }, { $set: { leaseOwner: null, leaseUntil: null } });
           continue;
         }
-        claimed.push({ message: toMessage(doc), route: group.route, deliveries: await deliveriesOf(group.messageId, { route: group.route, leaseToken: token }) });
+        // Only what this call still holds: a lease that ended meanwhile may have gone to another claim.
+        const held = await deliveriesOf(group.messageId, { route: group.route, leaseToken: token });
+        if (held.length > 0) claimed.push({ message: toMessage(doc), route: group.route, deliveries: held });
       }
       return claimed;
     },
@@ -293,7 +297,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       assertOpen();
       const doc = await messages.findOne({ _id: messageId });
       if (!doc) return null;
-      const history = await attempts.find({ messageId }).sort({ _id: 1 }).toArray();
+      const history = await attempts.find({ messageId }).sort({ at: 1, _id: 1 }).toArray();
       return {
         message: toMessage(doc),
         deliveries: await deliveriesOf(messageId),

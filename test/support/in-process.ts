@@ -3,7 +3,7 @@ import { loadConfig, type Config } from '../../shared/src/config.ts';
 import { createLogger } from '../../shared/src/logger.ts';
 import { createMemoryBroker } from '../../shared/src/memory-broker.ts';
 import { openSqliteStore } from '../../shared/src/sqlite-store.ts';
-import { startIngress } from '../../services/ingress/src/ingress.ts';
+import { startIngress, type IngressOptions } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
 import { createDeliverer } from '../../services/deliverer/src/deliverer.ts';
 import { freePort, tempDir } from './util.ts';
@@ -12,7 +12,7 @@ import { freePort, tempDir } from './util.ts';
  * Ingress and spool (and, with `deliver`, a deliverer) in this process with the in-process broker
  * and a fresh SQLite store.
  */
-export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean } = {}) {
+export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean; ingress?: IngressOptions } = {}) {
   const dir = tempDir();
   const port = await freePort();
   const config: Config = loadConfig({ PRIMARY: '127.0.0.1:1', SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), SMTP_HOSTNAME: 'backup.example.test', DATA_DIR: dir.path, ...env });
@@ -22,13 +22,14 @@ export async function startIngressWithSpool(env: Record<string, string>, options
   await startSpool(config, store, broker, log);
   const deliverer = options.deliver ? createDeliverer(config, store, broker, log) : null;
   await deliverer?.start();
-  const ingress = await startIngress(config, broker, log);
+  const ingress = await startIngress(config, broker, log, { store, ...options.ingress });
   return {
     dataDir: dir.path,
     port,
     config,
     store,
     broker,
+    ingress,
     async close() {
       await ingress.stop();
       await deliverer?.stop();

@@ -78,7 +78,8 @@ export function assertAllDelivered(sent: Sent[], received: Received[]): number {
       assert.deepEqual(copy.to, message.to, `envelope recipients of ${message.id}`);
       const text = copy.raw.toString('utf8');
       const headerEnd = text.indexOf('\r\n', text.indexOf(`id ${message.id}`));
-      const afterReceived = text.slice(text.indexOf('\r\n', headerEnd + 2) + 2);
+      // Below our Received header: our Authentication-Results (sender authentication), then the original.
+      const afterReceived = text.slice(text.indexOf('\r\n', headerEnd + 2) + 2).replace(/^Authentication-Results: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n/, '');
       assert.equal(afterReceived, message.raw, `bytes below our Received header of ${message.id}`);
     }
   }

@@ -4,8 +4,8 @@ import { connect, type Socket } from 'node:net';
  * A bare SMTP client that shows the exact replies: `command('RCPT TO:<a@b>')` resolves to the last
  * line of the reply (e.g. `550 5.7.1 ...`), `lines` of multi-line replies are kept in `last`.
  */
-export async function openSession(port: number, host = '127.0.0.1') {
-  const socket: Socket = connect(port, host);
+export async function openSession(port: number, host = '127.0.0.1', localAddress?: string) {
+  const socket: Socket = connect({ port, host, ...(localAddress ? { localAddress } : {}) });
   socket.setEncoding('latin1');
   let buffer = '';
   const replies: string[][] = [];

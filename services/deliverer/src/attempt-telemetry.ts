@@ -1,6 +1,8 @@
 import { SpanStatusCode, type Span } from '@opentelemetry/api';
 import { deliveryAttempts } from '@backupmx/shared/metrics.ts';
-import type { Attempt } from './smtp-client.ts';
+
+/** What this module reads of a delivery attempt (smtp-client's Attempt). */
+type Attempt = { target: string } & ({ result: { response?: string } } | { error: { message: string; response?: string; responseCode?: number } });
 
 /** The next hop's reply code to the transaction (DATA reply, or the error's), or null without one. */
 export function replyCode(attempt: Attempt): number | null {

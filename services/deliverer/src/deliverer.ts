@@ -1,16 +1,20 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
+import { Resolver } from 'node:dns/promises';
 import { ROOT_CONTEXT, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Broker, EventKey, EventPayload, FlushEvent, PrimaryEvent, SpooledEvent } from '@backupmx/shared/broker.ts';
 import { formatTarget, type Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
-import { configuredRoutes, routeTargets } from '@backupmx/shared/routing.ts';
+import { createReporter } from '@backupmx/shared/reports.ts';
+import { configuredRoutes, mxDomainOf, routeTargets } from '@backupmx/shared/routing.ts';
 import type { Store } from '@backupmx/shared/store.ts';
-import type { ClaimedMessage } from '@backupmx/shared/types.ts';
+import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/types.ts';
 import { recordAttempt } from './attempt-telemetry.ts';
+import { planMx, selfFrom, type MxResolver } from './mx.ts';
 import { toOutcomes, verdicts } from './outcomes.ts';
+import { reportEntries } from './report-entries.ts';
 import { nextAttemptAt } from './retry.ts';
-import { createSmtpClient } from './smtp-client.ts';
+import { createSmtpClient, type Attempt, type Hop, type OutgoingMessage } from './smtp-client.ts';
 
 const tracer = trace.getTracer('backupmx-deliverer');
 
@@ -18,6 +22,35 @@ const tracer = trace.getTracer('backupmx-deliverer');
 export const TICK_MS = 2000;
 
 type TargetState = { state: PrimaryEvent['state']; at: number };
+
+/** Seams for MX routing (tests use a fake resolver and their own primary's port). */
+export interface DelivererOptions {
+  /** node:dns/promises Resolver-like; default: the system's resolvers. */
+  resolver?: MxResolver;
+  /** Port of MX hosts (RFC 5321: 25). */
+  mxPort?: number;
+  /** This host's addresses, for spotting ourselves among MX hosts; default: every interface's. */
+  localAddresses?: string[];
+  /** Order of MX hosts of equal preference; default Math.random. */
+  random?: () => number;
+}
+
+/** The envelope to relay: sender, recipients with their RFC 3461 parameters, RET, ENVID, size, body type. */
+function outgoing(message: MessageInfo, recipients: readonly string[]): OutgoingMessage {
+  const { envelope } = message;
+  const params = envelope.dsn ?? {};
+  return {
+    from: message.mailFrom,
+    recipients: recipients.map((address) => {
+      const own = params[address] ?? Object.entries(params).find(([key]) => key.toLowerCase() === address.toLowerCase())?.[1];
+      return { address, ...(own?.notify ? { notify: own.notify } : {}), ...(own?.orcpt ? { orcpt: own.orcpt } : {}) };
+    }),
+    ...(envelope.ret ? { ret: envelope.ret } : {}),
+    ...(envelope.envid ? { envid: envelope.envid } : {}),
+    size: message.size,
+    ...(envelope.body8bit ? { body8bit: true } : {}),
+  };
+}
 
 /**
  * Hands the spool to the next hop. Keeps each target's state from health events (no news, or news
@@ -27,17 +60,22 @@ type TargetState = { state: PrimaryEvent['state']; at: number };
  *   those whose lease has expired (a crashed deliverer's work).
  * A drain stops early when the route stops answering, so a dead primary is not hammered.
  */
-export function createDeliverer(config: Config, store: Store, broker: Broker, log: Logger) {
+export function createDeliverer(config: Config, store: Store, broker: Broker, log: Logger, options: DelivererOptions = {}) {
   const owner = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const client = createSmtpClient({ name: config.SMTP_HOSTNAME, maxConnections: config.DELIVERY_CONCURRENCY });
+  const reporter = createReporter(config, store, broker, log);
+  const resolver: MxResolver = options.resolver ?? new Resolver({ timeout: 5000, tries: 2 });
+  const self = selfFrom(config.SMTP_HOSTNAME, config.SELF_NAMES, options.localAddresses);
   const targets = new Map<string, TargetState>();
   const workers = new Map<string, { running: Promise<void> | null; pending: { flush: boolean } | null }>();
   const staleAfter = 3 * config.PROBE_INTERVAL + config.PROBE_TIMEOUT;
   let stopping = false;
   let ticker: NodeJS.Timeout | null = null;
 
+  /** Every target of the route is known down (an `mx:` route has no probed targets: never down). */
   function routeDown(route: string, now = Date.now()): boolean {
-    return routeTargets(route).every((target) => {
+    const list = routeTargets(route);
+    return list.length > 0 && list.every((target) => {
       const known = targets.get(formatTarget(target));
       return known !== undefined && known.state === 'down' && now - known.at < staleAfter;
     });
@@ -85,6 +123,13 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
   }
 
+  /** Where a route's mail goes now: its host list, or its domain's MX hosts (or why not now). */
+  async function hopsOf(route: string): Promise<{ hops: Hop[] } | { defer: string } | { fail: string }> {
+    const domain = mxDomainOf(route);
+    if (domain === null) return { hops: routeTargets(route) };
+    return planMx(domain, { resolver, self, port: options.mxPort ?? 25, ...(options.random ? { random: options.random } : {}) });
+  }
+
   async function deliver(claim: ClaimedMessage): Promise<'answered' | 'unreachable'> {
     const { message } = claim;
     const recipients = claim.deliveries.map((delivery) => delivery.recipient);
@@ -93,15 +138,32 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     const parent = propagation.extract(ROOT_CONTEXT, message.trace ?? {});
     return tracer.startActiveSpan('smtp.deliver', { attributes: { 'backupmx.queue_id': message.id, 'backupmx.recipients': recipients.length, 'backupmx.route': claim.route } }, parent, async (span) => {
       try {
-        const attempt = await client.send(routeTargets(claim.route), { from: message.mailFrom, to: recipients }, () => store.readBody(message.id));
+        const plan = await hopsOf(claim.route);
+        // No hop to try (DNS): a deferral (4.4.x), or a failure for a domain that takes no mail.
+        const attempt: Attempt =
+          'hops' in plan
+            ? await client.send(plan.hops, outgoing(message, recipients), () => store.readBody(message.id))
+            : 'fail' in plan
+              ? { target: '', error: { message: plan.fail, response: plan.fail, responseCode: Number(plan.fail.slice(0, 3)) }, remoteMta: null, dsn: false }
+              : { target: '', error: { message: plan.defer }, remoteMta: null, dsn: false };
         const now = Date.now();
         const list = verdicts(recipients, attempt);
         const retryAt = (recipient: string) => nextAttemptAt(attempts.get(recipient) ?? 1, config.RETRY_SCHEDULE, now);
-        const outcomes = toOutcomes(list, retryAt, attempt.target || null);
+        let outcomes: Outcome[] = toOutcomes(list, retryAt, attempt.target || null);
+        // Reports go out before the outcome is recorded (the body is dropped with the last delivery).
+        const entries = reportEntries(list, attempt, now);
+        if (entries.length > 0) {
+          try {
+            await reporter.report(message, entries, 'attempt');
+          } catch (error) {
+            log.warn({ err: error, queueId: message.id }, 'delivery report could not be queued; its failed recipients stay queued');
+            outcomes = outcomes.map((outcome) => (outcome.result === 'failed' ? { ...outcome, result: 'deferred', nextAttemptAt: retryAt(outcome.recipient) } : outcome));
+          }
+        }
         await store.settle(message.id, owner, outcomes, now);
         recordAttempt(span, claim.route, attempt, list);
         for (const verdict of list) {
-          const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target, result: verdict.result, reply: verdict.reply };
+          const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target || null, result: verdict.result, reply: verdict.reply };
           if (verdict.result === 'delivered') log.info(fields, 'delivered');
           else log.warn(fields, verdict.result === 'failed' ? 'delivery failed' : 'delivery deferred');
         }

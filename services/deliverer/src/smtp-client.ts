@@ -1,79 +1,290 @@
 import type { Readable } from 'node:stream';
-import nodemailer, { type Transporter } from 'nodemailer';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { formatTarget, type Target } from '@backupmx/shared/config.ts';
 import type { SendError, SendResult } from './outcomes.ts';
 
 export interface ClientOptions {
   /** Our name in EHLO (SMTP_HOSTNAME). */
   name: string;
-  /** Connections to one target at once. */
+  /** Connections to one next hop at once. */
   maxConnections: number;
+  /** Close a cached connection after this long idle (Postfix keeps them 2 s). */
+  idleMs?: number;
+  connectionTimeoutMs?: number;
 }
 
-export type Attempt = { target: string; result: SendResult } | { target: string; error: SendError };
+/** One address to try; `name` is the host's DNS name when the address came from an MX lookup. */
+export interface Hop extends Target {
+  name?: string;
+}
 
-/** An error before any reply of the target to our transaction: try the next target. */
-function unreachable(error: SendError & { code?: string; command?: string }): boolean {
-  if (error.responseCode === undefined) return true;
-  return error.command === 'CONN' || (error.code === 'EPROTOCOL' && error.responseCode < 500 && !error.rejectedErrors);
+/** One recipient and its RFC 3461 parameters (passed on when the next hop offers DSN). */
+export interface OutgoingRecipient {
+  address: string;
+  notify?: string[];
+  orcpt?: string;
+}
+
+export interface OutgoingMessage {
+  from: string;
+  recipients: OutgoingRecipient[];
+  ret?: 'FULL' | 'HDRS';
+  envid?: string;
+  size?: number;
+  body8bit?: boolean;
 }
 
 /**
- * Relays stored messages unchanged to next-hop targets, through one nodemailer pool per target
- * (connections reused across messages; no re-queues inside the pool: retries come from the spool).
+ * What one transaction gave. `target` names the hop (`host:port`, or `name[address]:port` for an
+ * MX host); `remoteMta` is the host name for a report's Remote-MTA; `dsn` tells whether the hop
+ * advertised DSN (so it, not we, reports on what it accepted: RFC 3461 5.2). A `result` may carry
+ * `rejectedErrors`, and so may an `error` (the RCPT replies before DATA failed).
+ */
+export type Attempt = ({ target: string; result: SendResult } | { target: string; error: SendError }) & { remoteMta: string | null; dsn: boolean };
+
+/** Internals of nodemailer's SMTPConnection we rely on (checked at load, covered by tests). */
+interface ConnectionInternals {
+  _sendRcpt(recipient: string, callback: unknown): void;
+}
+const internals = SMTPConnection.prototype as unknown as Partial<ConnectionInternals>;
+if (typeof internals._sendRcpt !== 'function') {
+  throw new Error('nodemailer SMTPConnection has no _sendRcpt: per-recipient NOTIFY/ORCPT cannot be passed on with this nodemailer version');
+}
+const sendRcpt = internals._sendRcpt;
+
+/** The envelope object nodemailer keeps and fills in during a transaction (SMTPConnectionEnvelope). */
+interface TrackedEnvelope {
+  from: string;
+  to: string[];
+  size?: number;
+  use8BitMime?: boolean;
+  dsn: { ret?: string | null; envid?: string | null; notify?: string | null; orcpt?: string | null };
+  accepted?: string[];
+  rejectedErrors?: SendError[];
+}
+
+/**
+ * nodemailer's SMTPConnection takes DSN parameters for the whole envelope; RFC 3461 has NOTIFY and
+ * ORCPT per recipient, and a sender such as Postfix gives every recipient its own ORCPT. Setting
+ * them per RCPT here keeps one transaction per message (rather than one per distinct parameter
+ * set, which would send the message once per recipient). nodemailer still decides whether the
+ * hop offers DSN and encodes the values as xtext.
+ */
+class RelayConnection extends SMTPConnection {
+  envelopeInFlight: TrackedEnvelope | null = null;
+  recipientParams = new Map<string, OutgoingRecipient>();
+
+  _sendRcpt(recipient: string, callback: unknown): void {
+    const dsn = this.envelopeInFlight?.dsn;
+    if (dsn) {
+      const own = this.recipientParams.get(recipient);
+      dsn.notify = own?.notify?.length ? own.notify.join(',') : null;
+      dsn.orcpt = own?.orcpt ?? null;
+    }
+    sendRcpt.call(this, recipient, callback);
+  }
+}
+
+interface Slot {
+  connection: RelayConnection;
+  /** The hop advertised DSN in its EHLO reply. */
+  dsn: boolean;
+  messages: number;
+  alive: boolean;
+  idleTimer: NodeJS.Timeout | null;
+}
+
+interface HopPool {
+  idle: Slot[];
+  active: number;
+  waiters: (() => void)[];
+}
+
+/** Messages sent over one connection before it is closed and a new one opened. */
+const MAX_MESSAGES = 1000;
+
+/**
+ * Relays stored messages unchanged to next hops over nodemailer's SMTPConnection, with its own
+ * small pool (connections reused across messages, at most `maxConnections` per hop). Per
+ * recipient, the RCPT reply is kept even when DATA then fails, so a recipient refused at RCPT
+ * keeps its own verdict.
  */
 export function createSmtpClient(options: ClientOptions) {
-  const pools = new Map<string, Transporter>();
+  const pools = new Map<string, HopPool>();
+  const idleMs = options.idleMs ?? 5000;
+  let closed = false;
 
-  function pool(target: Target): Transporter {
-    const key = formatTarget(target);
-    let transport = pools.get(key);
-    if (!transport) {
-      transport = nodemailer.createTransport({
-        host: target.host,
-        port: target.port,
-        secure: false,
-        name: options.name,
-        pool: true,
-        maxConnections: options.maxConnections,
-        maxMessages: 1000,
-        maxRequeues: 0,
-        // Close a cached connection after 5 s idle (Postfix keeps them 2 s): a primary that is
-        // flushed is not left holding our sessions.
-        idleTimeout: 5000,
-        // Opportunistic STARTTLS without certificate checks, as Postfix's smtp_tls_security_level=may.
-        tls: { rejectUnauthorized: false },
-        connectionTimeout: 30_000,
-        greetingTimeout: 30_000,
-        socketTimeout: 300_000,
-        logger: false,
+  function poolOf(key: string): HopPool {
+    let pool = pools.get(key);
+    if (!pool) pools.set(key, (pool = { idle: [], active: 0, waiters: [] }));
+    return pool;
+  }
+
+  function open(hop: Hop): Promise<Slot> {
+    const connection = new RelayConnection({
+      host: hop.host,
+      port: hop.port,
+      secure: false,
+      name: options.name,
+      // Opportunistic STARTTLS without certificate checks, as Postfix's smtp_tls_security_level=may,
+      // and on in plain text when the handshake fails.
+      opportunisticTLS: true,
+      tls: { rejectUnauthorized: false, ...(hop.name ? { servername: hop.name } : {}) },
+      connectionTimeout: options.connectionTimeoutMs ?? 30_000,
+      greetingTimeout: 30_000,
+      socketTimeout: 300_000,
+      logger: false,
+    });
+    const slot: Slot = { connection, dsn: false, messages: 0, alive: true, idleTimer: null };
+    // Errors also reach the callback of what is in flight; this keeps late ones from throwing.
+    connection.on('error', () => {
+      slot.alive = false;
+    });
+    connection.on('end', () => {
+      slot.alive = false;
+    });
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      connection.once('error', (error: SendError) => {
+        if (settled) return;
+        settled = true;
+        reject(error);
       });
-      pools.set(key, transport);
+      connection.connect((error) => {
+        if (settled) return;
+        settled = true;
+        if (error) return reject(error);
+        // After EHLO (and STARTTLS), the last reply is the EHLO reply: the extensions it offers.
+        slot.dsn = /^250[ -]DSN\b/im.test(String(connection.lastServerResponse || ''));
+        resolve(slot);
+      });
+    });
+  }
+
+  async function acquire(key: string, hop: Hop): Promise<{ slot: Slot; reused: boolean }> {
+    const pool = poolOf(key);
+    while (pool.active >= options.maxConnections) await new Promise<void>((resolve) => pool.waiters.push(resolve));
+    pool.active += 1;
+    for (let slot = pool.idle.pop(); slot; slot = pool.idle.pop()) {
+      if (slot.idleTimer) clearTimeout(slot.idleTimer);
+      if (slot.alive) return { slot, reused: true };
     }
-    return transport;
+    try {
+      return { slot: await open(hop), reused: false };
+    } catch (error) {
+      release(key, null);
+      throw error;
+    }
+  }
+
+  /** Return a slot to its pool (or drop it, when `slot` is null or not reusable). */
+  function release(key: string, slot: Slot | null): void {
+    const pool = poolOf(key);
+    pool.active -= 1;
+    if (slot) {
+      if (slot.alive && !closed && slot.messages < MAX_MESSAGES) {
+        slot.idleTimer = setTimeout(() => {
+          pool.idle = pool.idle.filter((other) => other !== slot);
+          slot.alive = false;
+          slot.connection.quit();
+        }, idleMs);
+        slot.idleTimer.unref();
+        pool.idle.push(slot);
+      } else {
+        slot.alive = false;
+        slot.connection.quit();
+      }
+    }
+    pool.waiters.shift()?.();
+  }
+
+  /**
+   * One transaction on an open connection; afterwards the session is clean (RSET) or dropped.
+   * `untouched`: the hop answered nothing of it (a cached connection it had closed meanwhile).
+   */
+  function transact(slot: Slot, message: OutgoingMessage, body: Readable): Promise<{ outcome: { result: SendResult } | { error: SendError }; untouched: boolean }> {
+    const envelope: TrackedEnvelope = {
+      from: message.from,
+      to: message.recipients.map((recipient) => recipient.address),
+      dsn: { ret: message.ret ?? null, envid: message.envid ?? null },
+      ...(message.size ? { size: message.size } : {}),
+      ...(message.body8bit ? { use8BitMime: true } : {}),
+    };
+    const { connection } = slot;
+    connection.envelopeInFlight = envelope;
+    connection.recipientParams = new Map(message.recipients.map((recipient) => [recipient.address, recipient]));
+    slot.messages += 1;
+    return new Promise((resolve) => {
+      connection.send(envelope as never, body, (error, info) => {
+        connection.envelopeInFlight = null;
+        if (!error) return resolve({ outcome: { result: info as unknown as SendResult }, untouched: false });
+        const failure = error as unknown as SendError & { code?: string };
+        if (failure.code === 'EMESSAGE' && /size larger than allowed/i.test(failure.message)) {
+          // The hop's EHLO SIZE is smaller than the message: it would refuse it (RFC 1870).
+          failure.response = `552 5.3.4 Message too big for ${connection.host} (${failure.message})`;
+          failure.responseCode = 552;
+        }
+        // nodemailer does not put the RCPT replies on an error after DATA; the envelope has them.
+        if (!failure.rejectedErrors && envelope.rejectedErrors?.length) failure.rejectedErrors = envelope.rejectedErrors;
+        const untouched = failure.responseCode === undefined && !envelope.accepted?.length && !envelope.rejectedErrors?.length;
+        if (failure.responseCode === undefined || failure.command === 'CONN' || !slot.alive) {
+          slot.alive = false;
+          return resolve({ outcome: { error: failure }, untouched });
+        }
+        connection.reset((resetError) => {
+          if (resetError) slot.alive = false;
+          resolve({ outcome: { error: failure }, untouched });
+        });
+      });
+    });
   }
 
   return {
     /**
-     * Send one message to the first target that answers (RFC 5321 5.1: the next on connection
-     * failure or a 4xx greeting). `body` is called again for each target tried.
+     * Send one message to the first hop that answers (RFC 5321 5.1: the next one on connection
+     * failure, or a 4xx/5xx greeting). `body` is called again for each hop tried.
      */
-    async send(targets: readonly Target[], envelope: { from: string; to: string[] }, body: () => Promise<Readable>): Promise<Attempt> {
+    async send(hops: readonly Hop[], message: OutgoingMessage, body: () => Promise<Readable>): Promise<Attempt> {
       let last: Attempt | null = null;
-      for (const target of targets) {
-        try {
-          const result = (await pool(target).sendMail({ envelope, raw: await body() })) as SendResult;
-          return { target: formatTarget(target), result };
-        } catch (error) {
-          last = { target: formatTarget(target), error: error as SendError };
-          if (!unreachable(error as SendError)) return last;
+      for (const hop of hops) {
+        const key = formatTarget(hop);
+        const target = hop.name ? `${hop.name}[${hop.host}]:${hop.port}` : key;
+        const remoteMta = hop.name ?? hop.host;
+        for (let tries = 0; ; tries += 1) {
+          let acquired: { slot: Slot; reused: boolean };
+          try {
+            acquired = await acquire(key, hop);
+          } catch (error) {
+            // Connection refused or lost, timeout, 4xx/5xx greeting, EHLO refused: the next hop.
+            last = { target, error: error as SendError, remoteMta, dsn: false };
+            break;
+          }
+          const { slot, reused } = acquired;
+          let sent: Awaited<ReturnType<typeof transact>>;
+          try {
+            sent = await transact(slot, message, await body());
+          } catch (error) {
+            slot.alive = false;
+            release(key, slot);
+            throw error;
+          }
+          release(key, slot);
+          // A cached connection the hop had closed meanwhile: once more, on a new connection.
+          if (reused && sent.untouched && tries === 0) continue;
+          return { target, ...sent.outcome, remoteMta, dsn: slot.dsn };
         }
       }
-      return last ?? { target: '', error: { message: 'no next-hop target' } };
+      return last ?? { target: '', error: { message: 'no next hop' }, remoteMta: null, dsn: false };
     },
     close(): void {
-      for (const transport of pools.values()) transport.close();
-      pools.clear();
+      closed = true;
+      for (const pool of pools.values()) {
+        for (const slot of pool.idle) {
+          if (slot.idleTimer) clearTimeout(slot.idleTimer);
+          slot.connection.quit();
+        }
+        pool.idle = [];
+      }
     },
   };
 }

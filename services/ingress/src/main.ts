@@ -1,16 +1,25 @@
 import '@backupmx/shared/telemetry.ts';
 import { createLogger } from '@backupmx/shared/logger.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
-import { configOrExit, connectBroker, onShutdown } from '@backupmx/shared/runtime.ts';
+import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime.ts';
 import { startIngress } from './ingress.ts';
+import { usesVerify } from './recipient-validation.ts';
 
 const config = configOrExit('ingress');
 const log = createLogger('ingress', config.LOG_LEVEL);
 const broker = await connectBroker(config, 'ingress', log);
-const ingress = await startIngress(config, broker, log);
-const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), smtp: ingress.listening() }) });
+// The store only holds the recipient verification cache here: opened when a domain verifies.
+const store = usesVerify(config) ? await openStore(config, log) : null;
+const ingress = await startIngress(config, broker, log, { store });
+const http = await startHttp({
+  host: config.HTTP_HOST,
+  port: config.HTTP_PORT,
+  log,
+  ready: () => ({ broker: broker.connected(), smtp: ingress.listening(), ...(store ? { store: store.ready() } : {}) }),
+});
 onShutdown(log, async () => {
   await ingress.stop();
   await broker.close();
+  await store?.close();
   await closeHttp(http);
 });

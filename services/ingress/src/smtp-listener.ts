@@ -9,6 +9,7 @@ import { countReceived } from '@backupmx/shared/message.ts';
 import { newQueueId } from '@backupmx/shared/queue-id.ts';
 import { configuredRoutes } from '@backupmx/shared/routing.ts';
 import { replyError, type SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import { checkMailParams, checkRcptParams, dsnParams, type DsnSession } from '@backupmx/shared/dsn-params.ts';
 import type { ClientLimits } from './client-limits.ts';
 import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
@@ -41,8 +42,8 @@ interface SessionState {
   counted: string | null;
   /** Which DNSBL zone lists the client, looked up from the connect on. */
   dnsbl: Promise<string | null> | null;
-  /** The last transaction (smtp-server's session.transaction) counted as a message. */
-  transaction: number;
+  /** The current transaction (since the last MAIL) has been counted as a message. */
+  messageCounted: boolean;
 }
 
 /**
@@ -71,7 +72,8 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     hidePIPELINING: false,
     hide8BITMIME: false,
     hideSMTPUTF8: false,
-    hideDSN: true,
+    // RFC 3461 (issue 4): RET, ENVID, NOTIFY, ORCPT are kept in the Envelope and passed on.
+    hideDSN: false,
     disableReverseLookup: true,
     // RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command.
     socketTimeout: config.COMMAND_TIMEOUT,
@@ -90,7 +92,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       const limited = deps.limits.open(client);
       if (limited) return refuse(callback, limited, { client }, 'connection refused: limit');
       const dnsbl = config.DNSBL_ZONES.length ? findListing(client, config.DNSBL_ZONES, deps.resolver) : null;
-      sessions.set(session, { counted: client, dnsbl, transaction: 0 });
+      sessions.set(session, { counted: client, dnsbl, messageCounted: false });
       log.debug({ client, session: session.id }, 'connect');
       callback();
     },
@@ -103,13 +105,20 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       }
     },
 
-    onMailFrom(address, _session, callback) {
+    onMailFrom(address, session, callback) {
       address.address = asciiAddress(address.address);
+      const state = sessions.get(session);
+      if (state) state.messageCounted = false;
+      // DSN parameter limits smtp-server does not check (issue 4): 501 5.5.4.
+      const badDsn = checkMailParams(address);
+      if (badDsn) return callback(replyError(badDsn));
       callback();
     },
 
     onRcptTo(address, session, callback) {
       address.address = asciiAddress(address.address);
+      const badDsn = checkRcptParams(address); // issue 4: 501 5.5.4
+      if (badDsn) return callback(replyError(badDsn));
       checkRcpt(address.address, session).then(
         (refusal) => {
           if (!refusal) return callback();
@@ -139,10 +148,9 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     // Like Postfix's anvil limits, every RCPT counts, accepted or not (that also slows down
     // address harvesting); a message counts at its transaction's first RCPT.
     const state = sessions.get(session);
-    const newMessage = state !== undefined && state.transaction !== session.transaction;
-    if (state && newMessage) state.transaction = session.transaction;
-    const limited = deps.limits.recipient(session.remoteAddress, newMessage, Date.now());
+    const limited = deps.limits.recipient(session.remoteAddress, state !== undefined && !state.messageCounted, Date.now());
     if (limited) return limited;
+    if (state) state.messageCounted = true;
     const relay = checkRecipient(address, relayDomains);
     if (relay) return relay;
     const listed = await state?.dnsbl;
@@ -160,11 +168,11 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       log.info({ ...fields }, 'message refused: too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message size exceeds fixed limit of ${config.MAX_MESSAGE_SIZE} bytes` });
     }
-    if (read.refused === 'header') {
+    const body = read.body;
+    if (body === null) {
       log.info({ ...fields }, 'message refused: header too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message header size exceeds limit of ${config.MAX_HEADER_SIZE} bytes` });
     }
-    const body = read.body;
     const hops = countReceived(body);
     if (hops > HOP_LIMIT) {
       log.warn({ ...fields, hops }, 'message refused: mail loop');
@@ -209,6 +217,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       clientAddress: session.remoteAddress,
       ...(session.envelope.smtpUtf8 ? { smtputf8: true } : {}),
       ...(session.envelope.bodyType === '8bitmime' ? { body8bit: true } : {}),
+      ...dsnParams(session as unknown as DsnSession), // issue 4: RET, ENVID, NOTIFY, ORCPT
     };
     return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length } }, async (span) => {
       const carrier: Record<string, string> = {};

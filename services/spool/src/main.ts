@@ -4,6 +4,7 @@ import { createLogger } from '@backupmx/shared/logger.ts';
 import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime.ts';
 import { startOperations } from './operations.ts';
 import { startSpool } from './spool.ts';
+import { createSweeper } from './sweep.ts';
 
 const config = configOrExit('spool');
 requireBroker(config, 'spool');
@@ -11,9 +12,13 @@ const log = createLogger('spool', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'spool', log);
 await startSpool(config, store, broker, log);
+// Expiry, delay notices and record retention, whether or not any primary answers (issue 4).
+const sweeper = createSweeper(config, store, broker, log);
+sweeper.start();
 const operations = await startOperations(config, store, broker, log);
 const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), store: store.ready() }), routes: operations.routes });
 onShutdown(log, async () => {
+  await sweeper.stop();
   await operations.stop();
   await broker.close();
   await store.close();

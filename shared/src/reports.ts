@@ -1,0 +1,79 @@
+/**
+ * Sending delivery status notifications: decide, build, and queue them as new mail from `<>` to
+ * the envelope sender through `mail.received`, like any other message (the spool routes the
+ * sender's domain to SMARTHOST or its DNS MX). Used by the deliverer (failed, relayed) and the
+ * spool's sweep (expired, delayed).
+ */
+import { Buffer } from 'node:buffer';
+import type { Readable } from 'node:stream';
+import type { Broker } from './broker.ts';
+import type { Config } from './config.ts';
+import type { Logger } from './logger.ts';
+import { notifyOf, orcptOf, reportId, reportSuppressed, wantsReport, type ReportAction } from './dsn-policy.ts';
+import { buildReport, type ReportRecipient } from './dsn-report.ts';
+import type { Store } from './store.ts';
+import type { MessageInfo } from './types.ts';
+
+/** One recipient to report on; `orcpt` comes from the message's envelope. */
+export type ReportEntry = Omit<ReportRecipient, 'orcpt'>;
+
+export type ReportResult =
+  | { sent: false; reason: string }
+  | { sent: true; id: string; recipients: string[]; actions: ReportAction[] };
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+  return Buffer.concat(chunks);
+}
+
+export function createReporter(config: Pick<Config, 'SMTP_HOSTNAME'>, store: Pick<Store, 'readBody'>, broker: Pick<Broker, 'publishMail'>, log: Logger) {
+  return {
+    /**
+     * Report on some recipients of one message: those whose NOTIFY asks for it, in one report.
+     * Nothing is sent for a message that may not be reported on (null sender, Auto-Submitted,
+     * multipart/report). `original` saves reading the body again. Resolves once the report is
+     * queued (publisher confirm); rejects when it could not be.
+     */
+    async report(message: MessageInfo, entries: readonly ReportEntry[], kind: string, original?: Buffer): Promise<ReportResult> {
+      const wanted = entries.filter((entry) => wantsReport(notifyOf(message.envelope, entry.recipient), entry.action));
+      if (wanted.length === 0) return { sent: false, reason: entries.length ? 'NOTIFY asks for no report' : 'nothing to report' };
+      if (message.mailFrom === '') return { sent: false, reason: 'null sender' };
+      const raw = original ?? (await readAll(await store.readBody(message.id)));
+      const suppressed = reportSuppressed(message.mailFrom, raw);
+      if (suppressed) {
+        log.info({ queueId: message.id, reason: suppressed, recipients: wanted.length }, 'no delivery report sent');
+        return { sent: false, reason: suppressed };
+      }
+      const recipients = wanted.map((entry) => ({ ...entry, orcpt: orcptOf(message.envelope, entry.recipient) }));
+      const now = Date.now();
+      const id = reportId(message.id, message.receivedAt, kind, recipients.map((entry) => entry.recipient));
+      const report = await buildReport(
+        {
+          reportingMta: config.SMTP_HOSTNAME,
+          queueId: message.id,
+          envelope: message.envelope,
+          arrivalDate: message.receivedAt,
+          recipients,
+          original: raw,
+          returnFull: message.envelope.ret === 'FULL' && recipients.some((entry) => entry.action === 'failed'),
+          date: now,
+          messageId: `${id}.report@${config.SMTP_HOSTNAME}`,
+        },
+        message.mailFrom,
+      );
+      await broker.publishMail({
+        id,
+        envelope: { mailFrom: '', rcptTo: [message.mailFrom], ...(report.eightBit ? { body8bit: true } : {}) },
+        body: report.raw,
+        receivedAt: now,
+        trace: message.trace,
+      });
+      const actions = [...new Set(recipients.map((entry) => entry.action))];
+      log.info({ queueId: message.id, reportId: id, to: message.mailFrom, actions, recipients: recipients.map((entry) => entry.recipient) }, 'delivery report queued');
+      return { sent: true, id, recipients: recipients.map((entry) => entry.recipient), actions };
+    },
+  };
+}
+
+export type Reporter = ReturnType<typeof createReporter>;

@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { connect as connectTcp } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { connect as connectTls, type TLSSocket } from 'node:tls';
+import nodemailer from 'nodemailer';
+import { startIngressWithSpool } from './support/in-process.ts';
+import { openSession } from './support/smtp-session.ts';
+import { tempDir, waitFor } from './support/util.ts';
+
+/** A self-signed certificate made now with openssl (no keys are checked in). */
+function makeCertificate(dir: string, name: string, cn: string): { cert: string; key: string } {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${cn}`, '-addext', `subjectAltName=DNS:${cn}`, '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  return { cert, key };
+}
+
+/** A line-oriented SMTP client over any socket: `command()` resolves to the last line of the reply. */
+function lines(socket: NodeJS.ReadWriteStream & { destroy(): void }) {
+  let buffer = '';
+  const replies: string[] = [];
+  let waiting: ((line: string) => void) | null = null;
+  socket.setEncoding('latin1');
+  socket.on('data', (data: string) => {
+    buffer += data;
+    let end: number;
+    while ((end = buffer.indexOf('\r\n')) !== -1) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (!/^\d{3} /.test(line)) continue;
+      if (waiting) {
+        const resolve = waiting;
+        waiting = null;
+        resolve(line);
+      } else replies.push(line);
+    }
+  });
+  const next = () => new Promise<string>((resolve) => (replies.length ? resolve(replies.shift() ?? '') : (waiting = resolve)));
+  return {
+    next,
+    command(line: string) {
+      socket.write(`${line}\r\n`);
+      return next();
+    },
+    detach() {
+      socket.removeAllListeners('data');
+    },
+  };
+}
+
+/** EHLO, STARTTLS, then a TLS session on the same connection (certificate not checked: self-signed). */
+async function startTls(port: number, options: { maxVersion?: 'TLSv1.1' | 'TLSv1.3'; minVersion?: 'TLSv1' | 'TLSv1.2'; ciphers?: string } = {}): Promise<TLSSocket> {
+  const plain = connectTcp(port, '127.0.0.1');
+  const smtp = lines(plain);
+  assert.match(await smtp.next(), /^220 /);
+  assert.match(await smtp.command('EHLO client.origin.test'), /^250 /);
+  assert.match(await smtp.command('STARTTLS'), /^220 /);
+  smtp.detach();
+  plain.setEncoding('binary' as BufferEncoding);
+  return new Promise((resolve, reject) => {
+    const secure = connectTls({ socket: plain, servername: 'backup.example.test', rejectUnauthorized: false, ...options }, () => resolve(secure));
+    secure.once('error', reject);
+  });
+}
+
+describe('ingress: STARTTLS', () => {
+  let system: Awaited<ReturnType<typeof startIngressWithSpool>>;
+  let dir: ReturnType<typeof tempDir>;
+  let files: { cert: string; key: string };
+  const resolver = async () => Promise.reject(Object.assign(new Error('not found'), { code: 'ENOTFOUND' }));
+  before(async () => {
+    dir = tempDir();
+    files = makeCertificate(dir.path, 'live', 'first.example.test');
+    system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test', GREETING_DELAY: '0', TLS_CERT: files.cert, TLS_KEY: files.key }, { ingress: { resolver, tlsWatchIntervalMs: 100 } });
+  });
+  after(async () => {
+    await system.close();
+    dir.remove();
+  });
+
+  it('advertises STARTTLS when TLS_CERT and TLS_KEY are set', async () => {
+    const smtp = await openSession(system.port);
+    const keywords = (await smtp.commandLines('EHLO client.origin.test')).slice(1).map((line) => line.slice(4));
+    assert.ok(keywords.includes('STARTTLS'), keywords.join(' | '));
+    smtp.close();
+  });
+
+  it('takes a message over STARTTLS (nodemailer, TLS required) and records ESMTPS and the cipher in Received', async () => {
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: system.port, secure: false, requireTLS: true, tls: { rejectUnauthorized: false, servername: 'backup.example.test' } });
+    const info = await transport.sendMail({ envelope: { from: 'a@origin.test', to: ['user@example.test'] }, raw: 'Subject: secret\r\n\r\nover TLS\r\n' });
+    transport.close();
+    const id = /queued as ([0-9A-Z]+)/.exec(info.response)?.[1];
+    assert.ok(id, info.response);
+    const chunks: Buffer[] = [];
+    for await (const chunk of await system.store.readBody(id)) chunks.push(chunk as Buffer);
+    const header = Buffer.concat(chunks).toString('latin1').split('\r\n').slice(0, 4);
+    assert.match(header[0] ?? '', /^Received: from \S+ \(\[127\.0\.0\.1\]\)$/);
+    assert.match(header[1] ?? '', /^\t\(using TLSv1\.[23] with cipher [A-Z0-9_-]+\)$/);
+    assert.match(header[2] ?? '', new RegExp(`^\\tby backup\\.example\\.test \\(backupmx\\) with ESMTPS id ${id}$`));
+  });
+
+  it('refuses TLS older than 1.2', async () => {
+    await assert.rejects(startTls(system.port, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }), (error: NodeJS.ErrnoException) => {
+      // The server's alert: protocol_version (RFC 8446 6.2).
+      assert.match(`${error.code} ${error.message}`, /ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION|alert protocol version/i);
+      return true;
+    });
+    await waitFor('the failed session to be let go', () => system.ingress.connections() === 0);
+  });
+
+  it('reloads a replaced certificate for new sessions without dropping the sessions in TLS', async () => {
+    const first = await startTls(system.port);
+    assert.equal(first.getPeerCertificate().subject.CN, 'first.example.test');
+    const session = lines(first);
+    assert.match(await session.command('EHLO client.origin.test'), /^250 /);
+
+    // Replace both files the way certbot or a secret mount does: write aside, rename into place.
+    const next = makeCertificate(dir.path, 'next', 'second.example.test');
+    renameSync(next.key, files.key);
+    renameSync(next.cert, files.cert);
+    await waitFor('new sessions to get the new certificate', async () => {
+      const probe = await startTls(system.port);
+      const cn = probe.getPeerCertificate().subject.CN;
+      probe.destroy();
+      return cn === 'second.example.test';
+    });
+
+    // The session that started before the reload goes on and delivers.
+    assert.match(await session.command('MAIL FROM:<a@origin.test>'), /^250 /);
+    assert.match(await session.command('RCPT TO:<user@example.test>'), /^250 /);
+    assert.match(await session.command('DATA'), /^354 /);
+    assert.match(await session.command('Subject: across a reload\r\n\r\nhi\r\n.'), /^250 2\.0\.0 Ok: queued as /);
+    first.destroy();
+  });
+
+  it('keeps the current certificate when a replacement does not match its key', async () => {
+    const before = await startTls(system.port);
+    const current = before.getPeerCertificate().subject.CN;
+    before.destroy();
+    const other = makeCertificate(dir.path, 'other', 'third.example.test');
+    writeFileSync(files.cert, readFileSync(other.cert)); // the key stays the old one: a mismatch
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const probe = await startTls(system.port);
+    assert.equal(probe.getPeerCertificate().subject.CN, current);
+    probe.destroy();
+  });
+});
