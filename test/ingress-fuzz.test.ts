@@ -71,7 +71,7 @@ function command(random: Random): Buffer {
     case 7:
       return Buffer.from(random.pick(['STARTTLS', 'AUTH PLAIN AGFhAGI=', 'BDAT 10 LAST', 'XCLIENT ADDR=1.2.3.4', 'XFORWARD NAME=x', 'WIZ pass', 'SHELL', 'KILL']));
     case 8:
-      return garbage(random, random.int(40)).filter((byte) => byte !== 10 && byte !== 13);
+      return Buffer.from(garbage(random, random.int(40)).filter((byte) => byte !== 10 && byte !== 13));
     case 9:
       return Buffer.from(`NOOP ${'x'.repeat(900 + random.int(3000))}`);
     case 10:

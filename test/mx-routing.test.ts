@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { MxResolver } from '../services/deliverer/src/mx.ts';
 import { startPeer, startSystem } from './support/dsn-peers.ts';
 import { parseReport, sendRaw } from './support/reports.ts';
+import { dnsError, fakeResolver } from './support/fake-resolver.ts';
 import { waitFor } from './support/util.ts';
 
 /**
@@ -13,35 +13,6 @@ import { waitFor } from './support/util.ts';
 
 const SENDER = 'sender@origin.test';
 const body = (subject: string) => `From: <${SENDER}>\r\nSubject: ${subject}\r\n\r\nHello.\r\n`;
-
-function dnsError(code: string): Error {
-  return Object.assign(new Error(`query ${code}`), { code });
-}
-
-/** A resolver answering from tables; a name missing from a table has no such records (ENODATA). */
-export function fakeResolver(mx: Record<string, { exchange: string; priority: number }[] | Error>, a: Record<string, string[]>): MxResolver & { asked: string[] } {
-  const asked: string[] = [];
-  return {
-    asked,
-    async resolveMx(name) {
-      asked.push(`MX ${name}`);
-      const answer = mx[name];
-      if (answer instanceof Error) throw answer;
-      if (!answer) throw dnsError('ENODATA');
-      return answer;
-    },
-    async resolve4(name) {
-      asked.push(`A ${name}`);
-      const answer = a[name];
-      if (!answer) throw dnsError('ENODATA');
-      return answer;
-    },
-    async resolve6(name) {
-      asked.push(`AAAA ${name}`);
-      throw dnsError('ENODATA');
-    },
-  };
-}
 
 describe('PRIMARY=mx', () => {
   it('defers with 4.4.4 when this host is the best MX: no loop to ourselves, no bounce, nothing sent', async () => {
@@ -86,7 +57,10 @@ describe('PRIMARY=mx', () => {
       const { id } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'a@example.test' }, { address: 'bad@example.test' }], message: body('better MX') });
       const delivered = await waitFor('the delivery', () => peer.messages.find((entry) => entry.from === SENDER && entry.raw.includes(`id ${id}`)));
       assert.deepEqual(delivered.to, ['a@example.test']);
-      const record = await system.store.getMessage(id ?? '');
+      const record = await waitFor('the outcomes', async () => {
+        const found = await system.store.getMessage(id ?? '');
+        return found?.deliveries.every((delivery) => delivery.attempts > 0) ? found : null;
+      });
       const hop = `primary.example.test[127.0.0.1]:${peer.port}`;
       assert.deepEqual(record?.deliveries.map((delivery) => [delivery.recipient, delivery.state, delivery.lastNextHop]), [
         ['a@example.test', 'delivered', hop],

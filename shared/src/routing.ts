@@ -55,14 +55,16 @@ export function routeForRecipient(recipient: string, config: RoutingConfig): str
   return config.SMARTHOST ? routeOf([config.SMARTHOST]) : mxRoute(domain);
 }
 
-/** Every route the configuration names (each relay domain's, and SMARTHOST's). */
+/**
+ * The primaries' routes: each relay domain's (its own PRIMARY, PRIMARY, or `mx:<domain>`). Not
+ * SMARTHOST's: it is no primary (the deliverer learns its route from the queue like any other).
+ */
 export function configuredRoutes(config: RoutingConfig): string[] {
   const routes = new Set<string>();
   for (const domain of new Set([...(config.RELAY_DOMAINS ?? []), ...Object.keys(config.domains)])) {
     routes.add(routeForRecipient(`postmaster@${domain}`, config));
   }
   if (!isMxList(config.PRIMARY)) routes.add(routeOf(config.PRIMARY));
-  if (config.SMARTHOST) routes.add(routeOf([config.SMARTHOST]));
   return [...routes];
 }
 

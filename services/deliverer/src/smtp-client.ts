@@ -191,8 +191,10 @@ export function createSmtpClient(options: ClientOptions) {
         slot.idleTimer.unref();
         pool.idle.push(slot);
       } else {
+        // A live session gets QUIT; a broken one is just closed.
+        if (slot.alive) slot.connection.quit();
+        else slot.connection.close();
         slot.alive = false;
-        slot.connection.quit();
       }
     }
     pool.waiters.shift()?.();

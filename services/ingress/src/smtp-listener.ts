@@ -237,6 +237,11 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     });
   }
 
-  server.on('error', (error) => log.debug({ err: error }, 'smtp connection error'));
+  // smtp-server reports a client's broken connection (reset mid-transaction, failed TLS handshake)
+  // as a server error carrying the client's address: routine on the internet, not ours to alarm about.
+  server.on('error', (error: Error & { remoteAddress?: string }) => {
+    if (error.remoteAddress) log.debug({ err: error, client: error.remoteAddress }, 'smtp connection error');
+    else log.error({ err: error }, 'smtp server error');
+  });
   return server;
 }

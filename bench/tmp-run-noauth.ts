@@ -1,0 +1,425 @@
+/**
+ * `npm run bench`: MESSAGES messages of SIZE body bytes from SESSIONS concurrent SMTP sessions into
+ * ingress while the primary is down (accept phase), then the time until a primary that accepts
+ * everything has them all (flush phase). Runs the single process (src/main.ts, in-process broker,
+ * SQLite) and/or the four services over RabbitMQ (private vhost, one shared SQLite DATA_DIR).
+ * Prints numbers; it is not a test. Load: Postfix's smtp-source / smtp-sink when installed,
+ * otherwise bench/fallback.ts (nodemailer / smtp-server).
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { availableParallelism, cpus, totalmem } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { openSqliteStore } from '../shared/src/sqlite-store.ts';
+import type { Store } from '../shared/src/store.ts';
+import { ROOT, spawnService, waitReady, type Service } from '../test/support/processes.ts';
+import { createVhost } from '../test/support/rabbitmq.ts';
+import { freePort, tempDir } from '../test/support/util.ts';
+import { nodeSource } from './fallback.ts';
+
+const PHASE_MS = 10 * 60_000;
+const FROM = 'a@origin.test';
+const TO = 'u@example.test';
+
+const { values: args } = parseArgs({
+  options: {
+    messages: { type: 'string', default: '5000' },
+    sessions: { type: 'string', default: '20' },
+    size: { type: 'string', default: '4096' },
+    mode: { type: 'string', default: 'both' },
+    'greeting-delay': { type: 'string' },
+    reuse: { type: 'boolean', default: false },
+    tools: { type: 'string', default: 'auto' },
+    keep: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+
+if (args.help) {
+  console.log(`usage: npm run bench -- [--mode one|rabbit|both] [--messages 5000] [--sessions 20] [--size 4096]
+       [--greeting-delay 100ms] [--reuse] [--tools auto|postfix|node] [--keep]
+  --reuse           keep connections open between messages (smtp-source -d); default: one message per connection
+  --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
+  --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
+  --keep            keep the temporary directory (logs, spool, sink dump) and print its path`);
+  process.exit(0);
+}
+
+function positive(name: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) {
+    console.error(`--${name}: expected a whole number above 0, got ${JSON.stringify(text)}`);
+    process.exit(2);
+  }
+  return n;
+}
+const MESSAGES = positive('messages', args.messages);
+const SESSIONS = positive('sessions', args.sessions);
+const SIZE = positive('size', args.size);
+const GREETING_DELAY = args['greeting-delay'];
+if (!['one', 'rabbit', 'both'].includes(args.mode)) {
+  console.error(`--mode: expected one, rabbit or both, got ${JSON.stringify(args.mode)}`);
+  process.exit(2);
+}
+if (!['auto', 'postfix', 'node'].includes(args.tools)) {
+  console.error(`--tools: expected auto, postfix or node, got ${JSON.stringify(args.tools)}`);
+  process.exit(2);
+}
+const MODES = args.mode === 'both' ? (['one', 'rabbit'] as const) : ([args.mode as 'one' | 'rabbit'] as const);
+
+function findTool(name: string): string | null {
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin', '/usr/local/sbin', '/sbin'];
+  for (const dir of dirs) if (dir && existsSync(join(dir, name))) return join(dir, name);
+  return null;
+}
+const SMTP_SOURCE = findTool('smtp-source');
+const SMTP_SINK = findTool('smtp-sink');
+const POSTFIX = args.tools !== 'node' && SMTP_SOURCE !== null && SMTP_SINK !== null;
+if (args.tools === 'postfix' && !POSTFIX) {
+  console.error('smtp-source / smtp-sink not found: install the Debian package "postfix" (apt-get install postfix), or use --tools node');
+  process.exit(1);
+}
+if (args.tools === 'auto' && !POSTFIX) {
+  console.log('note: smtp-source / smtp-sink not found (Debian package "postfix"); using the nodemailer / smtp-server fallback (bench/fallback.ts)');
+}
+
+// ---- cleanup that also runs on Ctrl-C ----------------------------------------------------------
+
+const cleanups: (() => void)[] = [];
+function onSignal(signal: NodeJS.Signals) {
+  console.error(`\n${signal}: cleaning up`);
+  for (const cleanup of cleanups.splice(0).reverse()) {
+    try {
+      cleanup();
+    } catch {
+      // best effort
+    }
+  }
+  process.exit(130);
+}
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+const seconds = (ms: number) => (ms / 1000).toFixed(1);
+const rate = (n: number, ms: number) => (ms > 0 ? Math.round((n * 1000) / ms) : 0);
+
+async function waitUntil<T>(what: string, timeoutMs: number, everyMs: number, check: () => T | Promise<T>): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`gave up after ${seconds(timeoutMs)} s waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Peak resident set size in MB (VmHWM), or null where /proc is unavailable. */
+function peakRssMb(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const match = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Math.round(Number(match[1]) / 1024) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`. */
+async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+function countFiles(dir: string): number {
+  try {
+    return readdirSync(dir).length;
+  } catch {
+    return 0;
+  }
+}
+
+/** Run the load generator; resolves with how many got 250 (null: smtp-source stopped on an error). */
+async function runSource(port: number): Promise<{ accepted: number | null; failures: string[] }> {
+  if (!POSTFIX) {
+    const result = await nodeSource({ port, messages: MESSAGES, sessions: SESSIONS, size: SIZE, reuse: args.reuse, from: FROM, to: TO });
+    return { accepted: result.accepted, failures: [...result.errors].map(([text, n]) => `${n} x ${text}`) };
+  }
+  const argv = [...(args.reuse ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(MESSAGES), '-l', String(SIZE), '-f', FROM, '-t', TO, `127.0.0.1:${port}`];
+  const child = spawn(SMTP_SOURCE ?? 'smtp-source', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanups.push(() => child.kill('SIGKILL'));
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const timer = setTimeout(() => {
+    output += `smtp-source: killed by the bench after ${seconds(PHASE_MS)} s\n`;
+    child.kill('SIGKILL');
+  }, PHASE_MS);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  const failures = output.split('\n').filter((line) => line.trim() !== '');
+  // smtp-source exits non-zero on the first reply that is not 2xx ("fatal: ... rejected: 451 ...").
+  return { accepted: code === 0 && failures.length === 0 ? MESSAGES : null, failures: code === 0 ? failures : [...failures, `smtp-source exit code ${code}`] };
+}
+
+function startSink(port: number, dir: string): ChildProcess {
+  const child = POSTFIX
+    ? spawn(SMTP_SINK ?? 'smtp-sink', [...(process.getuid?.() === 0 ? ['-u', 'nobody'] : []), '-d', `${dir}/m.`, `127.0.0.1:${port}`, '1024'], { stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn(process.execPath, [join(ROOT, 'bench', 'fallback.ts'), 'sink', dir, String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr?.on('data', (chunk: Buffer) => process.stderr.write(`sink: ${chunk.toString()}`));
+  return child;
+}
+
+async function totals(store: Store): Promise<{ messages: number; queued: number }> {
+  const stats = await store.stats();
+  return { messages: stats.messages, queued: Object.values(stats.queued).reduce((a, b) => a + b, 0) };
+}
+
+// ---- one run ----------------------------------------------------------------------------------
+
+interface Result {
+  mode: string;
+  accepted: number;
+  acceptMs: number;
+  spoolLagMs: number;
+  delivered: number;
+  flushMs: number;
+  firstMs: number | null;
+  rss: { name: string; mb: number | null }[];
+  warnings: string[];
+}
+
+async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
+  const label = mode === 'one' ? 'one-process' : 'rabbitmq';
+  const say = (text: string) => console.log(`[${label}] ${text}`);
+  const warnings: string[] = [];
+  const warn = (text: string) => {
+    warnings.push(text);
+    console.log(`[${label}] WARNING: ${text}`);
+  };
+
+  const dir = tempDir('backupmx-bench-');
+  chmodSync(dir.path, 0o755); // smtp-sink runs as nobody
+  const sinkDir = join(dir.path, 'sink');
+  mkdirSync(sinkDir);
+  chmodSync(sinkDir, 0o777);
+  const dataDir = join(dir.path, 'data');
+  const logs = join(dir.path, 'logs');
+  const services: Service[] = [];
+  let sink: ChildProcess | null = null;
+  let store: Store | null = null;
+  let vhost: ReturnType<typeof createVhost> | null = null;
+  const removeDir = () => (args.keep ? undefined : dir.remove());
+  cleanups.push(removeDir);
+  try {
+    if (mode === 'rabbit') {
+      vhost = createVhost();
+      const { remove } = vhost;
+      cleanups.push(remove);
+    }
+    const smtpPort = await freePort();
+    const primaryPort = await freePort();
+    const env: Record<string, string> = {
+      RELAY_DOMAINS: 'example.test',
+      PRIMARY: `127.0.0.1:${primaryPort}`,
+      PROBE_INTERVAL: '1s',
+      PROBE_TIMEOUT: '2s',
+      LOG_LEVEL: 'warn', SENDER_AUTH: 'false',
+      DATA_DIR: dataDir,
+      SMTP_HOST: '127.0.0.1',
+      SMTP_PORT: String(smtpPort),
+      SMTP_HOSTNAME: 'backup.example.test',
+      HTTP_HOST: '127.0.0.1',
+      ...(GREETING_DELAY !== undefined ? { GREETING_DELAY } : {}),
+      ...(vhost ? { AMQP_URL: vhost.url } : {}),
+    };
+    const entries = mode === 'one' ? (['all'] as const) : (['spool', 'health', 'deliverer', 'ingress'] as const);
+    for (const entry of entries) {
+      const service = spawnService(entry === 'all' ? 'backupmx' : entry, entry, { ...env, HTTP_PORT: String(await freePort()) }, logs);
+      services.push(service);
+      cleanups.push(() => service.child.kill('SIGKILL'));
+      await waitReady(service, 60_000);
+    }
+    say(`started ${services.map((s) => `${s.name} (pid ${s.child.pid})`).join(', ')}; ingress on 127.0.0.1:${smtpPort}, primary 127.0.0.1:${primaryPort} (down)`);
+
+    const monitor = services.find((s) => s.name === 'backupmx' || s.name === 'health');
+    try {
+      await waitUntil('the health monitor to report the primary down', 30_000, 200, async () => {
+        const body = (await (await fetch(`http://127.0.0.1:${monitor?.httpPort}/status`)).json()) as { targets?: Record<string, { state?: string }> };
+        return body.targets?.[`127.0.0.1:${primaryPort}`]?.state === 'down';
+      });
+    } catch (error) {
+      warn(`${(error as Error).message}; going on`);
+    }
+    store = await openSqliteStore(join(dataDir, 'spool.sqlite'));
+    const spoolStore = store;
+
+    // Accept phase.
+    say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const acceptStart = performance.now();
+    const source = await runSource(smtpPort);
+    const acceptMs = performance.now() - acceptStart;
+    for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
+    if (source.failures.length > 10) say(`load generator: ... ${source.failures.length - 10} more lines`);
+
+    // Wait until the spool holds every accepted message (RabbitMQ mode: the spool may lag the 250s).
+    let accepted: number;
+    const lagStart = performance.now();
+    if (source.accepted !== null) {
+      const expected = source.accepted;
+      await waitUntil(`the spool to hold ${expected} messages`, PHASE_MS, 50, async () => (await totals(spoolStore)).messages >= expected);
+      accepted = expected;
+    } else {
+      // smtp-source stopped early: count what reached the spool once it stops growing.
+      let last = -1;
+      let stableSince = performance.now();
+      await waitUntil('the spool to stop growing', PHASE_MS, 200, async () => {
+        const { messages } = await totals(spoolStore);
+        if (messages !== last) [last, stableSince] = [messages, performance.now()];
+        return performance.now() - stableSince > 5_000;
+      });
+      accepted = last;
+      warn(`the load generator stopped on an error; the spool holds ${accepted} messages`);
+    }
+    const spoolLagMs = performance.now() - lagStart;
+    const spooled = await totals(spoolStore);
+    if (accepted !== MESSAGES) warn(`only ${accepted} of ${MESSAGES} messages were accepted`);
+    if (spooled.messages !== accepted) warn(`the spool holds ${spooled.messages} messages, ${accepted} were accepted`);
+    if (countFiles(sinkDir) !== 0) warn('the sink directory is not empty before the flush');
+    say(`accept: ${accepted} in ${seconds(acceptMs)} s = ${rate(accepted, acceptMs)} msg/s; spool held them all ${seconds(spoolLagMs)} s later (${spooled.queued} deliveries queued)`);
+
+    // Flush phase: from the primary listening until it has every accepted message.
+    sink = startSink(primaryPort, sinkDir);
+    const sinkChild = sink;
+    cleanups.push(() => sinkChild.kill('SIGKILL'));
+    await waitUntil('the primary (sink) to listen', 10_000, 2, async () => {
+      if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
+      return canConnect(primaryPort);
+    });
+    const flushStart = performance.now();
+    let firstMs: number | null = null;
+    let flushMs = 0;
+    try {
+      await waitUntil(`the primary to hold ${accepted} messages`, PHASE_MS, 20, () => {
+        const n = countFiles(sinkDir);
+        if (n > 0 && firstMs === null) firstMs = performance.now() - flushStart;
+        return n >= accepted;
+      });
+      flushMs = performance.now() - flushStart;
+    } catch (error) {
+      flushMs = performance.now() - flushStart;
+      warn((error as Error).message);
+    }
+    // Let the deliverer record its last deliveries, then check the counts.
+    try {
+      await waitUntil('the spool to empty', 60_000, 100, async () => (await totals(spoolStore)).messages === 0);
+    } catch (error) {
+      warn(`${(error as Error).message}: ${JSON.stringify(await spoolStore.stats())}`);
+    }
+    await sleep(500);
+    const delivered = countFiles(sinkDir);
+    if (delivered < accepted) warn(`the primary got ${delivered} of ${accepted} accepted messages`);
+    if (delivered > accepted) warn(`the primary got ${delivered} messages for ${accepted} accepted (${delivered - accepted} duplicates)`);
+    say(`flush: ${delivered} in ${seconds(flushMs)} s = ${rate(Math.min(delivered, accepted), flushMs)} msg/s (first message after ${firstMs === null ? '-' : seconds(firstMs)} s)`);
+
+    const rss = services.map((s) => ({ name: s.name, mb: peakRssMb(s.child.pid) }));
+    for (const s of services) if (s.child.exitCode !== null) warn(`${s.name} exited early with ${s.child.exitCode}`);
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss, warnings };
+  } finally {
+    await store?.close();
+    for (const service of [...services].reverse()) await stopChild(service.child);
+    if (sink) await stopChild(sink);
+    vhost?.remove();
+    if (args.keep) say(`kept ${dir.path} (logs in ${logs})`);
+    else removeDir();
+    cleanups.length = 0;
+  }
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+const nodeVersion = process.version;
+console.log(`machine: ${availableParallelism()} cpus (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GB RAM, node ${nodeVersion}`);
+if (POSTFIX) {
+  let version = '';
+  try {
+    version = execFileSync(findTool('postconf') ?? 'postconf', ['-d', '-h', 'mail_version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    // postconf may be missing
+  }
+  console.log(`load: ${SMTP_SOURCE} ${args.reuse ? '-d ' : ''}-s ${SESSIONS} -m ${MESSAGES} -l ${SIZE} -f ${FROM} -t ${TO}; primary: ${SMTP_SINK} -d DIR/m. (postfix ${version || 'version unknown'})`);
+} else {
+  console.log(`load: bench/fallback.ts nodemailer, ${SESSIONS} sessions, ${MESSAGES} messages, ${SIZE} body bytes${args.reuse ? ', connections reused' : ''}; primary: smtp-server sink (bench/fallback.ts)`);
+}
+console.log(
+  `settings: RELAY_DOMAINS=example.test PROBE_INTERVAL=1s PROBE_TIMEOUT=2s LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}; other settings default; SQLite under a temp DATA_DIR`,
+);
+
+const results: Result[] = [];
+let failed = false;
+for (const mode of MODES) {
+  try {
+    results.push(await runMode(mode));
+  } catch (error) {
+    failed = true;
+    console.log(`[${mode === 'one' ? 'one-process' : 'rabbitmq'}] FAILED: ${(error as Error).message}`);
+  }
+}
+
+if (results.length > 0) {
+  const rows = [
+    ['mode', 'accepted', 'accept s', 'accept msg/s', 'spool lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'peak RSS MB'],
+    ...results.map((r) => [
+      r.mode,
+      String(r.accepted),
+      seconds(r.acceptMs),
+      String(rate(r.accepted, r.acceptMs)),
+      seconds(r.spoolLagMs),
+      String(r.delivered),
+      seconds(r.flushMs),
+      String(rate(Math.min(r.delivered, r.accepted), r.flushMs)),
+      r.firstMs === null ? '-' : seconds(r.firstMs),
+      rssText(r),
+    ]),
+  ];
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
+  console.log('');
+  for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+  console.log('');
+  for (const r of results) {
+    console.log(
+      `${r.mode}: accept ${r.accepted} in ${seconds(r.acceptMs)} s = ${rate(r.accepted, r.acceptMs)} msg/s; flush ${r.delivered} in ${seconds(r.flushMs)} s = ${rate(Math.min(r.delivered, r.accepted), r.flushMs)} msg/s; peak RSS ${rssText(r)}` +
+        ` (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion})`,
+    );
+  }
+  for (const r of results) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
+}
+
+function rssText(r: Result): string {
+  const known = r.rss.filter((p) => p.mb !== null);
+  const sum = known.reduce((a, p) => a + (p.mb ?? 0), 0);
+  if (r.rss.length === 1) return `all=${r.rss[0]?.mb ?? '?'}`;
+  return `${r.rss.map((p) => `${p.name}=${p.mb ?? '?'}`).join(' ')} sum=${sum}`;
+}
+
+process.exit(failed || results.some((r) => r.warnings.length > 0) ? 1 : 0);
