@@ -32,3 +32,45 @@ export function withTimeout(resolver: Resolver, timeoutMs: number): Resolver {
         );
     });
 }
+
+/** Answers that are facts about the name ("no such name", "no such record") and may be cached. */
+const DEFINITE = new Set(['ENOTFOUND', 'ENODATA']);
+
+/**
+ * Remember answers (and "no such name / record") for `ttlMs`, and share one lookup among callers
+ * asking the same question at once. Mail from one sender domain asks the same few questions over
+ * and over; Postfix leaves this to a local caching resolver, which many hosts lack. Timeouts and
+ * server failures are not remembered. At most `maxEntries` answers are kept (oldest dropped first).
+ */
+export function cachingResolver(resolver: Resolver, options: { ttlMs: number; maxEntries: number; now?: () => number }): Resolver {
+  const now = options.now ?? Date.now;
+  const answers = new Map<string, { expires: number; records?: unknown[]; error?: unknown }>();
+  const pending = new Map<string, Promise<unknown[]>>();
+  return async (name, rrtype) => {
+    const key = `${rrtype} ${name.toLowerCase()}`;
+    const known = answers.get(key);
+    if (known && known.expires > now()) {
+      if (known.error) throw known.error;
+      return known.records ?? [];
+    }
+    let lookup = pending.get(key);
+    if (!lookup) {
+      lookup = resolver(name, rrtype);
+      pending.set(key, lookup);
+      const remember = (entry: { records?: unknown[]; error?: unknown }) => {
+        pending.delete(key);
+        answers.delete(key);
+        answers.set(key, { expires: now() + options.ttlMs, ...entry });
+        if (answers.size > options.maxEntries) answers.delete(answers.keys().next().value as string);
+      };
+      lookup.then(
+        (records) => remember({ records }),
+        (error: unknown) => {
+          if (DEFINITE.has((error as NodeJS.ErrnoException)?.code ?? '')) remember({ error });
+          else pending.delete(key);
+        },
+      );
+    }
+    return lookup;
+  };
+}

@@ -4,7 +4,7 @@ import type { Logger } from '@backupmx/shared/logger.ts';
 import type { Store } from '@backupmx/shared/store.ts';
 import { callout } from './callout.ts';
 import { createClientLimits } from './client-limits.ts';
-import { systemResolver, withTimeout, type Resolver } from './dns.ts';
+import { cachingResolver, systemResolver, withTimeout, type Resolver } from './dns.ts';
 import { createPrimaryState } from './primary-state.ts';
 import { createRecipientValidation, usesVerify } from './recipient-validation.ts';
 import { createVerifier } from './recipient-verifier.ts';
@@ -30,6 +30,9 @@ export interface IngressOptions {
   /** How often the TLS files are checked for changes. */
   tlsWatchIntervalMs?: number;
 }
+
+/** How long DNS answers of the system resolver are reused (sender authentication, DNSBLs). */
+const DNS_CACHE_MS = 60_000;
 
 /** After a callout found the primary unreachable, answer from the policy for this long. */
 const CALLOUT_BACKOFF_MS = 60_000;
@@ -64,7 +67,7 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     primaryState,
     recipients: createRecipientValidation(config, verifier, log),
     limits,
-    resolver: withTimeout(options.resolver ?? systemResolver(config.DNS_TIMEOUT), config.DNS_TIMEOUT),
+    resolver: withTimeout(options.resolver ?? cachingResolver(systemResolver(config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }), config.DNS_TIMEOUT),
     tls,
   });
   observeSmtp(server); // metrics: connections, accepted, refusals by reply
