@@ -87,5 +87,9 @@ describe('config: inbound protection', () => {
     assert.equal(bad('lonely.yaml', '    VERIFY_WHEN_DOWN: defer\n'), 'domains.example.test.VERIFY_WHEN_DOWN: only applies with VERIFY_RECIPIENTS: true');
     assert.match(bad('entry.yaml', '    RECIPIENTS: [not-an-address]\n'), /^domains\.example\.test\.RECIPIENTS\.0: expected user@domain or @domain/);
     assert.match(bad('file.yaml', `    RECIPIENTS_FILE: ${join(dir.path, 'nope.txt')}\n`), /^domains\.example\.test\.RECIPIENTS_FILE: cannot read file /);
+    assert.equal(
+      configError({ ...BASE, PRIMARY: 'mx', BACKUPMX_CONFIG: file('mx.yaml', 'domains:\n  example.test:\n    VERIFY_RECIPIENTS: true\n') }),
+      'domains.example.test.VERIFY_RECIPIENTS: needs a PRIMARY that names hosts (callouts to DNS MX hosts are not supported)',
+    );
   });
 });

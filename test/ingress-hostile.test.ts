@@ -118,6 +118,21 @@ describe('ingress: hostile input', () => {
     smtp.close();
   });
 
+  it('does not touch long message lines sent together with DATA by a client that does not wait for 354', async () => {
+    const smtp = await session();
+    const long = 'y'.repeat(3000);
+    smtp.write(`MAIL FROM:<a@origin.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\nSubject: eager\r\n\r\n${long}\r\n.\r\n`);
+    assert.match(await smtp.reply(), /^250 /);
+    assert.match(await smtp.reply(), /^250 /);
+    assert.match(await smtp.reply(), /^354 /);
+    const id = /queued as ([0-9A-Z]+)/.exec(await smtp.reply())?.[1];
+    assert.ok(id);
+    smtp.close();
+    const chunks: Buffer[] = [];
+    for await (const chunk of await system.store.readBody(id)) chunks.push(chunk as Buffer);
+    assert.ok(Buffer.concat(chunks).toString('latin1').endsWith(`\r\n\r\n${long}\r\n`));
+  });
+
   it('refuses commands holding NUL bytes', async () => {
     const smtp = await session();
     assert.match(await smtp.command('NO\0OP'), /^500 5\.5\.2 /);

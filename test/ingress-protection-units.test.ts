@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { createLogger } from '../shared/src/logger.ts';
 import type { CalloutResult } from '../services/ingress/src/callout.ts';
 import { clientKey, createClientLimits } from '../services/ingress/src/client-limits.ts';
-import { withTimeout } from '../services/ingress/src/dns.ts';
+import { cachingResolver, withTimeout } from '../services/ingress/src/dns.ts';
 import { dnsblQuery, isListing } from '../services/ingress/src/dnsbl.ts';
 import { createHeaderMeter } from '../services/ingress/src/message-reader.ts';
 import { createPrimaryState } from '../services/ingress/src/primary-state.ts';
@@ -212,6 +212,32 @@ describe('sender authentication helpers', () => {
     assert.equal(dmarcRefusal({ result: 'fail', policy: 'quarantine', domain: 'bank.test' }), null);
     assert.equal(dmarcRefusal({ result: 'pass', policy: 'reject', domain: 'bank.test' }), null);
     assert.equal(dmarcRefusal(null), null);
+  });
+
+  it('caches DNS answers and "not found" for a while, shares concurrent lookups, and forgets timeouts', async () => {
+    let now = 0;
+    const asked: string[] = [];
+    const answers: Record<string, () => Promise<unknown[]>> = {
+      'TXT a.test': async () => [['v=spf1 -all']],
+      'TXT gone.test': async () => Promise.reject(Object.assign(new Error('nx'), { code: 'ENOTFOUND' })),
+      'TXT slow.test': async () => Promise.reject(Object.assign(new Error('timeout'), { code: 'ETIMEOUT' })),
+    };
+    const resolve = cachingResolver(
+      async (name, rrtype) => {
+        asked.push(`${rrtype} ${name}`);
+        return (answers[`${rrtype} ${name}`] ?? (async () => []))();
+      },
+      { ttlMs: 1000, maxEntries: 2, now: () => now },
+    );
+    assert.deepEqual(await Promise.all([resolve('a.test', 'TXT'), resolve('A.TEST', 'TXT')]), [[['v=spf1 -all']], [['v=spf1 -all']]]);
+    await assert.rejects(resolve('gone.test', 'TXT'), { code: 'ENOTFOUND' });
+    await assert.rejects(resolve('gone.test', 'TXT'), { code: 'ENOTFOUND' });
+    await assert.rejects(resolve('slow.test', 'TXT'), { code: 'ETIMEOUT' });
+    await assert.rejects(resolve('slow.test', 'TXT'), { code: 'ETIMEOUT' });
+    assert.deepEqual(asked, ['TXT a.test', 'TXT gone.test', 'TXT slow.test', 'TXT slow.test']);
+    now = 1001;
+    await resolve('a.test', 'TXT');
+    assert.equal(asked.at(-1), 'TXT a.test', 'asked again once the answer expired');
   });
 
   it('limits a DNS lookup in time, reporting ETIMEOUT', async () => {

@@ -200,6 +200,12 @@ export const configSchema = z.strictObject({
 }).superRefine((config, ctx) => {
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
+  for (const [domain, settings] of Object.entries(config.domains)) {
+    const primary = settings.PRIMARY ?? config.PRIMARY;
+    if (settings.VERIFY_RECIPIENTS && primary.length === 1 && primary[0]?.toLowerCase() === 'mx') {
+      ctx.addIssue({ code: 'custom', path: ['domains', domain, 'VERIFY_RECIPIENTS'], message: 'needs a PRIMARY that names hosts (callouts to DNS MX hosts are not supported)' });
+    }
+  }
 });
 
 export type Config = z.infer<typeof configSchema>;

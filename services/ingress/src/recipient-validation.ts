@@ -1,7 +1,7 @@
 import { splitAddress } from '@backupmx/shared/address.ts';
-import { parseTarget, type Config, type Target } from '@backupmx/shared/config.ts';
+import type { Config, Target } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
-import { routeForRecipient } from '@backupmx/shared/routing.ts';
+import { routeForRecipient, routeTargets } from '@backupmx/shared/routing.ts';
 import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
 import { createRecipientFile, listAccepts } from './recipient-list.ts';
 import type { Verifier, WhenDown } from './recipient-verifier.ts';
@@ -25,7 +25,7 @@ export function createRecipientValidation(config: Pick<Config, 'domains' | 'PRIM
   for (const [domain, settings] of Object.entries(config.domains)) {
     if (settings.VERIFY_RECIPIENTS) {
       const route = routeForRecipient(`postmaster@${domain}`, config);
-      const targets = route.split(',').flatMap((text) => parseTarget(text) ?? []);
+      const targets = routeTargets(route);
       rules.set(domain, { kind: 'verify', whenDown: settings.VERIFY_WHEN_DOWN ?? 'accept', route, targets });
     } else if (settings.RECIPIENTS || settings.RECIPIENTS_FILE) {
       const file = settings.RECIPIENTS_FILE ? createRecipientFile(settings.RECIPIENTS_FILE, log) : null;

@@ -63,7 +63,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
 
   const server: SMTPServer = new SMTPServer({
     name: config.SMTP_HOSTNAME,
-    banner: 'ESMTP backupmx',
+    banner: 'backupmx',
     size: config.MAX_MESSAGE_SIZE,
     disabledCommands: deps.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     ...(deps.tls ? { key: deps.tls.key, cert: deps.tls.cert, minVersion: MIN_TLS_VERSION } : {}),

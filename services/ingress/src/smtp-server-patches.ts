@@ -126,6 +126,7 @@ prototype.init = function (this: Connection) {
 /** What the filter below hands the parser in place of an overlong line. */
 const TOO_LONG = Buffer.from('\0backupmx: line too long', 'latin1');
 const TOO_LONG_LINE = Buffer.concat([TOO_LONG, Buffer.from('\r\n')]);
+const DATA_LINE = /^data[ \t]*\r?\n$/i;
 
 const write = parserPrototype._write;
 parserPrototype._write = function (this: Parser, chunk, encoding, next) {
@@ -140,6 +141,7 @@ parserPrototype._write = function (this: Parser, chunk, encoding, next) {
   let changed = false;
   const out: Buffer[] = [];
   let start = 0;
+  let passRest = false;
   for (let lf = chunk.indexOf(10); lf !== -1; lf = chunk.indexOf(10, start)) {
     const length = lf - start - (lf > start && chunk[lf - 1] === 13 ? 1 : 0);
     if (discarding || lineSoFar + length > max) {
@@ -150,9 +152,18 @@ parserPrototype._write = function (this: Parser, chunk, encoding, next) {
       discarding = false;
     } else {
       out.push(chunk.subarray(start, lf + 1));
+      // What follows DATA in the same chunk (a client that does not wait for 354) may be the
+      // message: not ours to filter. The parser takes it from here.
+      passRest = lineSoFar === 0 && DATA_LINE.test(chunk.toString('latin1', start, lf + 1));
     }
     lineSoFar = 0;
     start = lf + 1;
+    if (passRest) break;
+  }
+  if (passRest) {
+    this._lineSoFar = 0;
+    this._discarding = false;
+    return write.call(this, changed ? Buffer.concat([...out, chunk.subarray(start)]) : chunk, encoding, next);
   }
   const tail = chunk.length - start;
   if (discarding) {
