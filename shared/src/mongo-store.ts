@@ -21,7 +21,7 @@ import { pipeline } from 'node:stream/promises';
 import { GridFSBucket, MongoBulkWriteError, MongoClient, ObjectId, type Db, type Filter } from 'mongodb';
 import type { Logger } from './logger.ts';
 import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken } from './mongo-queries.ts';
-import type { ClaimOptions, ListFilter, MessageDetail, MessageSummary, QueueStats, Store } from './store.ts';
+import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
 
 const DEFAULT_RETENTION_MS = 7 * 86_400_000;
@@ -189,10 +189,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
   return {
     async put(mail: ReceivedMail, routes: Record<string, string>): Promise<boolean> {
       assertOpen();
-      const recipients = [...new Set(mail.envelope.rcptTo)];
-      for (const r of recipients) {
-        if (typeof routes[r] !== 'string') throw new Error(`no route for recipient ${r} of message ${mail.id}`);
-      }
+      const recipients = routedRecipients(mail, routes);
       let created = false;
       if (!(await messages.findOne({ _id: mail.id }, { projection: { _id: 1 } }))) {
         const bodyId = new ObjectId();

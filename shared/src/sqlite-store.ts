@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
-import type { ClaimOptions, ListFilter, MessageDetail, MessageSummary, QueueStats, Store } from './store.ts';
+import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
@@ -297,10 +297,7 @@ export async function openSqliteStore(path: string): Promise<Store> {
   return {
     async put(mail: ReceivedMail, routes: Record<string, string>): Promise<boolean> {
       assertOpen();
-      const recipients = [...new Set(mail.envelope.rcptTo)];
-      for (const r of recipients) {
-        if (typeof routes[r] !== 'string') throw new Error(`no route for recipient ${r} of message ${mail.id}`);
-      }
+      const recipients = routedRecipients(mail, routes);
       return tx(() => {
         const inserted = q.insertMessage.run(
           mail.id,

@@ -113,3 +113,12 @@ export interface Store {
   ready(): boolean;
   close(): Promise<void>;
 }
+
+/** The message's recipients, each once in the sender's order; throws when one has no route. Shared by the adapters' put. */
+export function routedRecipients(mail: ReceivedMail, routes: Record<string, string>): string[] {
+  const recipients = [...new Set(mail.envelope.rcptTo)];
+  for (const recipient of recipients) {
+    if (typeof routes[recipient] !== 'string') throw new Error(`no route for recipient ${recipient} of message ${mail.id}`);
+  }
+  return recipients;
+}
