@@ -15,8 +15,8 @@ const tracer = trace.getTracer('backupmx-spool');
 export const PREFETCH = 64;
 
 /**
- * How long a message waits for an unready store (MongoDB unreachable) before it goes back to
- * RabbitMQ unacknowledged, to be redelivered later.
+ * How long one try waits for an unready store (MongoDB unreachable) before it fails; the broker
+ * keeps the message unacknowledged and tries again (shared/src/amqp-broker.ts).
  */
 export const STORE_WAIT_MS = 10_000;
 
@@ -46,7 +46,7 @@ export function createSpoolHandler(config: RoutingConfig, store: Store, broker: 
           return 'dead';
         }
         if (!(await storeReady(store, storeWaitMs))) {
-          // Thrown, not acknowledged: the message stays in RabbitMQ's quorum queue and comes back.
+          // Thrown, not acknowledged: the broker holds the message and tries again later.
           throw new Error('the store is not ready (MongoDB unreachable?); leaving the message in RabbitMQ');
         }
         const routes: Record<string, string> = {};
