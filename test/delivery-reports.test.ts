@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startPeer, startSystem, type Peer, type PeerMessage, type System } from './support/dsn-peers.ts';
 import { assertDateNear, parseReport, sendRaw } from './support/reports.ts';
-import { waitFor } from './support/util.ts';
+import { freePort, waitFor } from './support/util.ts';
 
 /**
  * Delivery status notifications (RFC 3464) as a sender gets them: a primary that refuses some
@@ -267,6 +267,21 @@ describe('when the next hop misbehaves', () => {
     } finally {
       await system.close();
       await busy.close();
+      await good.close();
+    }
+  });
+
+  it('tries the next PRIMARY when the first refuses the connection', async () => {
+    const closed = await freePort();
+    const good = await startPeer();
+    const system = await startSystem({ PRIMARY: `127.0.0.1:${closed},127.0.0.1:${good.port}`, SMARTHOST: `127.0.0.1:${smarthost.port}` });
+    try {
+      const { id } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'a@example.test' }], message: message('first primary refuses') });
+      await waitFor('the delivery to the second primary', () => good.messages.find((entry) => entry.raw.includes(`id ${id}`)));
+      const record = await outcomes(system, id ?? '', 1);
+      assert.deepEqual([record.deliveries[0]?.state, record.deliveries[0]?.lastNextHop], ['delivered', `127.0.0.1:${good.port}`]);
+    } finally {
+      await system.close();
       await good.close();
     }
   });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { dkimSign } from 'mailauth';
+import { authenticate, dkimSign } from 'mailauth';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { openSession } from './support/smtp-session.ts';
 
@@ -19,6 +19,7 @@ const ZONE: Record<string, Record<string, unknown[]>> = {
   '_dmarc.bank.test': { TXT: [['v=DMARC1; p=reject']] },
   'lax.test': { TXT: [['v=spf1 ip4:192.0.2.1 -all']] },
   '_dmarc.lax.test': { TXT: [['v=DMARC1; p=none']] },
+  'sel._domainkey.forwarder.test': { TXT: [[`v=DKIM1; k=rsa; p=${publicKey.export({ type: 'spki', format: 'der' }).toString('base64')}`]] },
   '1.0.0.127.bl.test': { A: ['127.0.0.2'] },
   '1.0.0.127.refusing.test': { A: ['127.255.255.254'] },
 };
@@ -37,6 +38,14 @@ async function signed(from: string, domain: string): Promise<string> {
   const { signatures } = await dkimSign(message, { signatureData: [{ signingDomain: domain, selector: 'sel', privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }) }] } as never);
   assert.ok(signatures, 'the test message could not be signed');
   return signatures + message;
+}
+/** A message as a mailing list at forwarder.test passes it on: with its ARC set (i=1) on top. */
+async function arcSealed(message: string): Promise<string> {
+  const privatePem = privateKey.export({ type: 'pkcs8', format: 'pem' });
+  const result = await authenticate(message, { ip: '192.0.2.9', helo: 'list.forwarder.test', sender: 'list@forwarder.test', mta: 'forwarder.test', resolver: fakeDns, seal: { signingDomain: 'forwarder.test', selector: 'sel', privateKey: privatePem } } as never);
+  const arcSet = result.headers.split(/\r?\n(?![ \t])/).filter((field) => /^ARC-/i.test(field));
+  assert.equal(arcSet.length, 3, 'the test message could not be ARC-sealed');
+  return `${arcSet.join('\r\n')}\r\n${message}`;
 }
 const unsigned = (from: string) => `From: <${from}>\r\nTo: user@example.test\r\nSubject: forged\r\nMessage-ID: <2@x.test>\r\n\r\nPay now.\r\n`;
 
@@ -91,6 +100,16 @@ describe('ingress: sender authentication (report only, the default)', () => {
     assert.match(header, /\bspf=fail\b/);
     assert.match(header, /\bdkim=none\b/);
     assert.match(header, /\bdmarc=fail\b[^;]*header\.from=bank\.test/);
+  });
+
+  it('evaluates ARC: pass for an intact ARC set, fail for one broken on the way', async () => {
+    const sealed = await arcSealed(unsigned('member@lax.test'));
+    const intact = await send(system, 'list@forwarder.test', sealed);
+    assert.match(intact.reply, /^250 2\.0\.0 /);
+    assert.match(authResults(intact.stored ?? ''), /\barc=pass\b/);
+    const broken = await send(system, 'list@forwarder.test', sealed.replace('Pay now.', 'Pay more now.'));
+    assert.match(broken.reply, /^250 2\.0\.0 /, 'ARC results are reported, not enforced');
+    assert.match(authResults(broken.stored ?? ''), /\barc=fail\b/);
   });
 });
 

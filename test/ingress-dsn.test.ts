@@ -45,3 +45,31 @@ describe('ingress: DSN parameters', () => {
     });
   }
 });
+
+describe('ingress: DSN parameters of a refused MAIL FROM', () => {
+  let system: System;
+  before(async () => {
+    system = await startSystem({ PRIMARY: '127.0.0.1:1' }, { deliver: false });
+  });
+  after(async () => system.close());
+
+  it('are not kept for the next MAIL FROM: the message is stored with that one\'s RET and ENVID only', async () => {
+    const session = await openSession(system.port);
+    let final: string;
+    try {
+      await session.commandLines('EHLO client.origin.test');
+      assert.match(await session.command(`MAIL FROM:<a@origin.test> RET=FULL ENVID=${'x'.repeat(101)}`), /^501 5\.5\.4 /);
+      assert.match(await session.command('MAIL FROM:<a@origin.test>'), /^250 /);
+      assert.match(await session.command('RCPT TO:<u@example.test>'), /^250 /);
+      assert.match(await session.command('DATA'), /^354 /);
+      final = await session.data('Subject: after a refused MAIL\r\n\r\nHello.\r\n.\r\n');
+      await session.command('QUIT');
+    } finally {
+      session.close();
+    }
+    const id = /^250 2\.0\.0 Ok: queued as ([0-9A-Z]+)/.exec(final)?.[1];
+    assert.ok(id, final);
+    const stored = await system.store.getMessage(id);
+    assert.deepEqual({ ret: stored?.message.envelope.ret, envid: stored?.message.envelope.envid }, { ret: undefined, envid: undefined }, 'nothing of the refused command is passed on');
+  });
+});

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
+import { registry } from '../shared/src/metrics.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
+import { sample } from './support/metrics.ts';
 import { openSession } from './support/smtp-session.ts';
 
 /**
@@ -105,6 +107,20 @@ describe('ingress: relay and protocol rules', () => {
     const smtp = await session();
     assert.match(await smtp.command('MAIL FROM:<sender@origin.test> SIZE=999999'), /^552 5\.3\.4 /);
     smtp.close();
+  });
+
+  it('counts the refusals smtp-server itself gives at MAIL and RCPT on /metrics, by reply and enhanced code', async () => {
+    const count = async (labels: Record<string, string>) => sample(await registry.metrics(), 'backupmx_smtp_rejections_total', labels) ?? 0;
+    const tooLarge = { stage: 'mail', code: '552', status: '5.3.4' };
+    const badSyntax = { stage: 'rcpt', code: '501', status: '5.1.3' };
+    const [largeBefore, syntaxBefore] = [await count(tooLarge), await count(badSyntax)];
+    const smtp = await session();
+    assert.match(await smtp.command('MAIL FROM:<sender@origin.test> SIZE=999999'), /^552 5\.3\.4 /);
+    assert.match(await smtp.command('MAIL FROM:<sender@origin.test>'), /^250 /);
+    assert.match(await smtp.command('RCPT TO:<not an address>'), /^501 5\.1\.3 /);
+    smtp.close();
+    assert.equal(await count(tooLarge), largeBefore + 1, 'a declared SIZE over the limit is a message refused for its size');
+    assert.equal(await count(badSyntax), syntaxBefore + 1);
   });
 
   it('refuses a message with more than 50 Received headers as a loop (554 5.4.6), takes one with 50', async () => {

@@ -81,6 +81,29 @@ describe('PRIMARY=mx', () => {
     }
   });
 
+  it('tries the next address of the best MX when the first refuses the connection', async () => {
+    // 127.0.0.2 is this machine too, but the peer listens on 127.0.0.1 only: the first address refuses.
+    const peer = await startPeer();
+    const resolver = fakeResolver(
+      { 'example.test': [{ exchange: 'backup.example.test', priority: 10 }, { exchange: 'primary.example.test', priority: 5 }] },
+      { 'primary.example.test': ['127.0.0.2', '127.0.0.1'] },
+    );
+    const system = await startSystem({ PRIMARY: 'mx' }, { deliverer: { resolver, mxPort: peer.port, localAddresses: ['192.0.2.99'] } });
+    try {
+      const { id } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'a@example.test' }], message: body('second address') });
+      await waitFor('the delivery', () => peer.messages.find((entry) => entry.raw.includes(`id ${id}`)));
+      const record = await waitFor('the outcome', async () => {
+        const found = await system.store.getMessage(id ?? '');
+        return found?.deliveries[0]?.attempts ? found : null;
+      });
+      assert.deepEqual([record.deliveries[0]?.state, record.deliveries[0]?.lastNextHop], ['delivered', `primary.example.test[127.0.0.1]:${peer.port}`]);
+      assert.equal(record.attempts.length, 1, 'one attempt: both addresses were tried in it');
+    } finally {
+      await system.close();
+      await peer.close();
+    }
+  });
+
   it('defers with 4.4.3 on a temporary DNS failure', async () => {
     const resolver = fakeResolver({ 'example.test': dnsError('ESERVFAIL') }, {});
     const system = await startSystem({ PRIMARY: 'mx' }, { deliverer: { resolver, localAddresses: ['192.0.2.99'] } });

@@ -12,7 +12,7 @@ import { detailView, traceIdOf } from '../services/spool/src/admin-api.ts';
 import { createNotifier, primaryAlert, queueAgeAlert, queueAgeChange } from '../services/spool/src/alerts.ts';
 import { applyPrimaryEvent, type PrimaryState } from '../services/spool/src/primaries.ts';
 import { rejectionLabels } from '../services/ingress/src/smtp-metrics.ts';
-import { replyCode } from '../services/deliverer/src/attempt-telemetry.ts';
+import { recordAttempt, replyCode } from '../services/deliverer/src/attempt-telemetry.ts';
 import { formatAge, queueTable, statusText } from '../src/cli/format.ts';
 import { run } from '../src/cli/main.ts';
 import { sample } from './support/metrics.ts';
@@ -141,6 +141,20 @@ describe('views', () => {
     assert.equal(replyCode({ target: 'a:25', result: { response: '250 2.0.0 Ok: queued' } }), 250);
     assert.equal(replyCode({ target: 'a:25', error: { message: 'x', responseCode: 451 } }), 451);
     assert.equal(replyCode({ target: 'a:25', error: { message: 'ECONNREFUSED' } }), null);
+  });
+
+  it('puts next hop and reply code on the delivery span, and records a failed attempt as an error', () => {
+    const recorded = { attributes: {} as Record<string, unknown>, exceptions: [] as unknown[], status: null as unknown };
+    const span = {
+      setAttributes: (attributes: Record<string, unknown>) => Object.assign(recorded.attributes, attributes),
+      recordException: (exception: unknown) => recorded.exceptions.push(exception),
+      setStatus: (status: unknown) => (recorded.status = status),
+    };
+    const attempt = { target: 'mx.example.test:25', error: { message: 'Message failed: 451 4.3.0 try later', response: '451 4.3.0 try later', responseCode: 451 } };
+    recordAttempt(span as never, 'mx.example.test:25', attempt, [{ result: 'deferred' }, { result: 'deferred' }]);
+    assert.deepEqual(recorded.attributes, { 'backupmx.next_hop': 'mx.example.test:25', 'backupmx.delivered': 0, 'backupmx.deferred': 2, 'backupmx.failed': 0, 'backupmx.reply_code': 451 });
+    assert.deepEqual(recorded.exceptions, [{ name: 'SmtpError', message: '451 4.3.0 try later' }]);
+    assert.deepEqual(recorded.status, { code: 2, message: 'Message failed: 451 4.3.0 try later' }, 'SpanStatusCode.ERROR');
   });
 
   it('sets the spool gauges from the store statistics, dropping routes that emptied', async () => {

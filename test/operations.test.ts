@@ -155,6 +155,9 @@ describe('operations in one process: admin API, CLI, metrics, alerts', () => {
     const bad = await get('/queue/not%20an%20id');
     assert.equal(bad.status, 400);
     assert.deepEqual(bad.body, { error: 'id: not a queue id: "not an id"' });
+    const undecodable = await get('/queue/%E0%A4%A');
+    assert.equal(undecodable.status, 400, 'a malformed percent-encoding is bad input, not a server error');
+    assert.deepEqual(undecodable.body, { error: "Failed to decode param '%E0%A4%A'" });
     assert.equal((await get('/nothing-here')).status, 404);
   });
 
@@ -227,6 +230,16 @@ describe('operations in one process: admin API, CLI, metrics, alerts', () => {
     assert.deepEqual([hold.code, hold.stdout], [0, `${sent[0]?.id}: held (2 deliveries)\n`]);
     const release = await cli(['release', sent[0]?.id as string], cliEnv());
     assert.deepEqual([release.code, release.stdout], [0, `${sent[0]?.id}: released (2 deliveries)\n`]);
+    const retry = await cli(['retry', sent[0]?.id as string], cliEnv());
+    assert.deepEqual([retry.code, retry.stdout], [0, `${sent[0]?.id}: due now (2 deliveries)\n`]);
+    const flush = await cli(['flush', 'example.test'], cliEnv());
+    assert.deepEqual([flush.code, flush.stdout], [0, `flush requested for example.test (route 127.0.0.1:${primaryPort})\n`]);
+    const flushAll = await cli(['flush'], cliEnv());
+    assert.deepEqual([flushAll.code, flushAll.stdout], [0, 'flush requested for every route\n']);
+    const foreign = await cli(['flush', 'elsewhere.test'], cliEnv());
+    assert.deepEqual([foreign.code, foreign.stderr], [1, 'backupmx: domain: elsewhere.test is not one of RELAY_DOMAINS\n']);
+    const gone = await cli(['delete', '0000NOSUCHID0000'], cliEnv());
+    assert.deepEqual([gone.code, gone.stderr], [1, 'backupmx: no message 0000NOSUCHID0000 in the queue\n']);
 
     const unknown = await cli(['show', '0000NOSUCHID0000'], cliEnv());
     assert.deepEqual([unknown.code, unknown.stderr], [1, 'backupmx: no message 0000NOSUCHID0000 in the queue\n']);

@@ -51,6 +51,9 @@ describe('queue lifetime', () => {
         ['rfc822; a@example.test', 'failed', '4.4.7', 'X-Backupmx; no delivery attempt succeeded in the queue lifetime'],
         ['rfc822; b@example.test', 'failed', '4.4.7', 'X-Backupmx; no delivery attempt succeeded in the queue lifetime'],
       ]);
+      assert.equal(parsed.fields['reporting-mta'], 'dns; backup.example.test');
+      assertDateNear(parsed.fields['arrival-date'], record.message.receivedAt, 1000, 'Arrival-Date');
+      assert.deepEqual(parsed.recipients.map((entry) => entry['last-attempt-date']), [undefined, undefined], 'no Last-Attempt-Date: no attempt was made');
     } finally {
       await system.close();
     }
@@ -92,6 +95,8 @@ describe('queue lifetime', () => {
       ], 'NOTIFY=NEVER leaves c out');
       assert.match(failure.recipients[0]?.['diagnostic-code'] ?? '', /^X-Backupmx; connect ECONNREFUSED/, 'the last attempt\'s error');
       const record = await system.store.getMessage(id);
+      const lastAttempt = record?.attempts.filter((attempt) => attempt.recipient === 'a@example.test' && attempt.nextHop !== null).at(-1)?.at ?? 0;
+      assertDateNear(failure.recipients[0]?.['last-attempt-date'], lastAttempt, 1000, 'Last-Attempt-Date: the deliverer\'s last attempt');
       for (const delivery of record?.deliveries ?? []) {
         assert.equal(delivery.state, 'failed');
         assert.match(delivery.lastReply ?? '', /^4\.4\.7 Message expired: not delivered after 3s in the queue; last reply: connect ECONNREFUSED/);

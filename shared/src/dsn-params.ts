@@ -17,6 +17,8 @@ interface Args {
 }
 export interface DsnSession {
   envelope: {
+    /** The accepted MAIL FROM (smtp-server's parsed command, with its own `args`). */
+    mailFrom?: Args | false;
     rcptTo: (Args & { address: string })[];
     dsn?: { ret?: string | null; envid?: string | null };
   };
@@ -46,9 +48,13 @@ export function checkRcptParams(address: Args): SmtpReply | null {
 /** The RFC 3461 parameters of a session (RET, ENVID; NOTIFY and ORCPT per recipient) for the stored Envelope. */
 export function dsnParams(session: DsnSession): Pick<Envelope, 'ret' | 'envid' | 'dsn'> {
   const params: Pick<Envelope, 'ret' | 'envid' | 'dsn'> = {};
-  const ret = session.envelope.dsn?.ret?.toUpperCase();
+  // RET and ENVID of the accepted MAIL FROM: smtp-server also copies them to envelope.dsn from a
+  // MAIL FROM that is then refused (an ENVID over 100 characters), and keeps them after it.
+  const accepted = session.envelope.mailFrom;
+  const ret = (accepted ? arg(accepted, 'RET') : (session.envelope.dsn?.ret ?? undefined))?.toUpperCase();
   if (ret === 'FULL' || ret === 'HDRS') params.ret = ret;
-  if (session.envelope.dsn?.envid) params.envid = session.envelope.dsn.envid;
+  const envid = accepted ? arg(accepted, 'ENVID') : session.envelope.dsn?.envid;
+  if (envid) params.envid = envid;
   const dsn: Record<string, RecipientDsn> = {};
   for (const rcpt of session.envelope.rcptTo) {
     const own: RecipientDsn = {};

@@ -27,6 +27,9 @@ export function observeSmtp(server: SMTPServer): SMTPServer {
     smtpConnectionsActive.inc();
     socket.once('close', () => smtpConnectionsActive.dec());
   });
+  // Refusals smtp-server gives without asking the handlers below (see smtp-server-patches.ts, 7).
+  (server as unknown as { options: { onLibraryRefusal?: (verb: string, code: number, status: string) => void } }).options.onLibraryRefusal = (verb, code, status) =>
+    smtpRejections.inc({ stage: verb.toLowerCase() as Stage, code: String(code), status });
   const handlers = server as unknown as Record<string, (...args: unknown[]) => unknown>;
   for (const [name, stage] of HANDLERS) {
     const original = handlers[name];

@@ -33,6 +33,11 @@ import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
  * 6. An error limit (`maxErrors`, Postfix smtpd_hard_error_limit): after that many 4xx/5xx replies
  *    in one session, `421 4.7.0` and close. "Too many recipients" (452 4.5.3) does not count: a
  *    client that sends more recipients than we take must get its message through.
+ *
+ * 7. Refusals the library (or these patches) give at MAIL, RCPT and DATA without asking our
+ *    handlers (a declared SIZE over the limit, address syntax, command sequence, non-ASCII
+ *    addresses) are reported to the server option `onLibraryRefusal` (for the metrics); refusals
+ *    our handlers give are counted where they are made (smtp-metrics.ts).
  */
 interface Parser {
   _dataMode: boolean;
@@ -52,7 +57,11 @@ interface Options {
   socketTimeout?: number;
   dataTimeout?: number;
   maxErrors?: number;
+  onLibraryRefusal?: (verb: RefusalVerb, code: number, status: string) => void;
 }
+
+export type RefusalVerb = 'MAIL' | 'RCPT' | 'DATA';
+const REFUSAL_VERBS = new Set<string>(['MAIL', 'RCPT', 'DATA', 'BDAT']);
 
 interface Connection {
   _server: { options: Options; connections: Set<unknown>; _closeTimeout: unknown };
@@ -65,6 +74,9 @@ interface Connection {
   name: string;
   /** Replies of 4xx/5xx in this session (ours). */
   _errorReplies?: number;
+  /** The verb of the command being answered (ours). */
+  _verb?: string;
+  _getEnhancedStatusCode(code: number, context?: unknown): string;
   _setListeners(done: () => void): void;
   connectionReady(): void;
   send(code: number, data: unknown, context?: unknown): void;
@@ -95,8 +107,20 @@ export function countsAsError(code: number, text: string): boolean {
   return code >= 400 && code !== 421 && !(code === 452 && text.startsWith('4.5.3 '));
 }
 
+/** Tell `onLibraryRefusal` about a refusal of MAIL, RCPT or DATA (BDAT counts as DATA). */
+function reportRefusal(connection: Connection, code: number, status: string): void {
+  const verb = connection._verb;
+  const report = connection._server.options.onLibraryRefusal;
+  if (!report || code < 400 || code === 421 || !verb || !REFUSAL_VERBS.has(verb)) return;
+  report(verb === 'BDAT' ? 'DATA' : (verb as RefusalVerb), code, status);
+}
+
 const send = prototype.send;
 prototype.send = function (this: Connection, code, data, context) {
+  // Our handlers' replies (replyError) carry their enhanced code; the library's own do not.
+  if (code >= 400 && typeof data === 'string' && !ENHANCED.test(data)) {
+    reportRefusal(this, code, context === false ? '' : this._getEnhancedStatusCode(code, context));
+  }
   let text = data;
   if (typeof text === 'string' && !ENHANCED.test(text) && context !== false) {
     const status = libraryStatus(code, text);
@@ -185,6 +209,7 @@ parserPrototype._write = function (this: Parser, chunk, encoding, next) {
 
 const onCommand = prototype._onCommand;
 prototype._onCommand = function (this: Connection, command, callback) {
+  this._verb = Buffer.isBuffer(command) ? (/^[A-Za-z]+/.exec(command.toString('latin1', 0, 8))?.[0] ?? '').toUpperCase() : undefined;
   if (this._ready && !this._upgrading && !this._server._closeTimeout && Buffer.isBuffer(command) && command.equals(TOO_LONG)) {
     this.send(500, '5.5.2 Error: line too long');
     setImmediate(() => callback?.());
@@ -214,6 +239,7 @@ for (const verb of ['MAIL', 'RCPT'] as const) {
   prototype[name] = function (this: Connection, command, callback) {
     const refusal = Buffer.isBuffer(command) ? nonAsciiRefusal(verb, command, Boolean(this.session.envelope?.smtpUtf8)) : null;
     if (!refusal) return handler.call(this, command, callback);
+    reportRefusal(this, refusal.code, refusal.status);
     this.send(refusal.code, `${refusal.status} ${refusal.text}`);
     callback();
   };

@@ -257,6 +257,9 @@ export function adminRouter(deps: AdminDeps): Router {
     if (type === 'entity.parse.failed') return void res.status(400).json({ error: 'the request body is not valid JSON' });
     if (type === 'entity.too.large') return void res.status(413).json({ error: 'the request body is too large' });
     if (type === 'encoding.unsupported' || type === 'charset.unsupported') return void res.status(415).json({ error: 'unsupported request body encoding' });
+    // Express's own client errors (e.g. a malformed %-escape in the path: 400) keep their status.
+    const status = (error as { status?: unknown }).status;
+    if (typeof status === 'number' && status >= 400 && status < 500) return void res.status(status).json({ error: (error as Error).message });
     log.error({ err: error }, 'admin API request failed');
     if (res.headersSent) return void res.destroy();
     res.status(500).json({ error: `internal error: ${(error as Error).message}` });

@@ -44,14 +44,15 @@ export function expiryReply(lifetime: number, lastReply: string | null): string 
   return `4.4.7 Message expired: not delivered after ${formatDuration(lifetime)} in the queue${last}`;
 }
 
-function expiryEntry(delivery: Delivery, now: number): ReportEntry {
+function expiryEntry(delivery: Delivery): ReportEntry {
   return {
     recipient: delivery.recipient,
     action: 'failed',
     status: '4.4.7',
     remoteMta: isSmtpReply(delivery.lastReply) ? hostOfHop(delivery.lastNextHop) : null,
     reply: delivery.lastReply ?? 'no delivery attempt succeeded in the queue lifetime',
-    lastAttemptAt: delivery.lastAttemptAt ?? now,
+    // Never attempted (no deliverer ran in the lifetime): no Last-Attempt-Date (RFC 3464 2.3.7).
+    lastAttemptAt: delivery.lastAttemptAt,
   };
 }
 
@@ -88,7 +89,7 @@ export function createSweeper(
     const { message } = first;
     const deliveries = claims.flatMap((claim) => claim.deliveries);
     try {
-      await reporter.report(message, deliveries.map((delivery) => expiryEntry(delivery, now)), 'expired');
+      await reporter.report(message, deliveries.map((delivery) => expiryEntry(delivery)), 'expired');
     } catch (error) {
       // Not recorded: the lease runs out and the next sweep tries again.
       log.warn({ err: error, queueId: message.id }, 'expiry report could not be queued; will try again');
