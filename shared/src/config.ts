@@ -132,7 +132,7 @@ export const configSchema = z.strictObject({
   PROBE_FAILURES: integer(1, 1000).default(3),
   PROBE_SUCCESSES: integer(1, 1000).default(2),
   /** How long ingress waits for RabbitMQ's publisher confirm before answering 451. */
-  PUBLISH_TIMEOUT: duration.default(10_000),
+  PUBLISH_TIMEOUT: duration.default(5_000),
   /**
    * Pause before the 220 greeting; a client that talks first gets 421 (pregreet test). smtp-server's
    * own 100 ms caps a one-message-per-connection sender at 10 msg/s per session (bench: 164 vs 475

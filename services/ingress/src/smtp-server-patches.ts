@@ -75,7 +75,7 @@ interface Connection {
   /** Replies of 4xx/5xx in this session (ours). */
   _errorReplies?: number;
   /** The verb of the command being answered (ours). */
-  _verb?: string;
+  _verb?: string | undefined;
   _getEnhancedStatusCode(code: number, context?: unknown): string;
   _setListeners(done: () => void): void;
   connectionReady(): void;
@@ -112,6 +112,8 @@ function reportRefusal(connection: Connection, code: number, status: string): vo
   const verb = connection._verb;
   const report = connection._server.options.onLibraryRefusal;
   if (!report || code < 400 || code === 421 || !verb || !REFUSAL_VERBS.has(verb)) return;
+  // Only replies that reach the client (not the aftermath of a client that went away mid-DATA).
+  if (connection._socket.destroyed || connection._socket.readyState !== 'open') return;
   report(verb === 'BDAT' ? 'DATA' : (verb as RefusalVerb), code, status);
 }
 
