@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ENTRY, ROOT } from './support/processes.ts';
@@ -9,6 +10,16 @@ import { tempDir } from './support/util.ts';
 function run(entry: keyof typeof ENTRY, env: Record<string, string>) {
   const result = spawnSync(process.execPath, [join(ROOT, ENTRY[entry])], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 30_000 });
   return { code: result.status, stderr: result.stderr, stdout: result.stdout };
+}
+
+/** As run(), without blocking this process's event loop (a server of the test must answer meanwhile). */
+function runAsync(entry: keyof typeof ENTRY, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(ROOT, ENTRY[entry])], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('exit', (code) => resolve({ code, stderr }));
+  });
 }
 
 describe('start-up errors', () => {
@@ -43,4 +54,19 @@ describe('start-up errors', () => {
       assert.match(stderr, expected);
     });
   }
+
+  it('npm start with SMTP_PORT already taken exits 78 with one line naming SMTP_PORT', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', () => resolve()));
+    const port = (taken.address() as AddressInfo).port;
+    const dir = tempDir();
+    try {
+      const { code, stderr } = await runAsync('all', { ...good, SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), DATA_DIR: dir.path });
+      assert.equal(code, 78);
+      assert.equal(stderr, `backupmx all: configuration: SMTP_PORT: 127.0.0.1:${port} is already in use\n`);
+    } finally {
+      taken.close();
+      dir.remove();
+    }
+  });
 });

@@ -218,6 +218,14 @@ export class ConfigError extends Error {
   }
 }
 
+/** A listener that cannot start, as a ConfigError naming the setting (`SMTP_PORT: 0.0.0.0:25 is already in use`). */
+export function listenError(key: string, host: string, port: number, error: NodeJS.ErrnoException): Error {
+  if (error.code === 'EADDRINUSE') return new ConfigError(`${key}: ${host}:${port} is already in use`);
+  if (error.code === 'EACCES') return new ConfigError(`${key}: no permission to listen on ${host}:${port} (ports below 1024 need privileges)`);
+  if (error.code === 'EADDRNOTAVAIL') return new ConfigError(`${key}: ${host} is not an address of this host`);
+  return error;
+}
+
 export function parseTarget(text: string): Target | null {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(text.trim());
   if (!match) return null;

@@ -2,6 +2,7 @@ import type { Server } from 'node:http';
 import express, { type Express } from 'express';
 import type { Logger } from './logger.ts';
 import { followReadiness, readiness, registry, scrape } from './metrics.ts';
+import { listenError } from './config.ts';
 
 export type ReadinessCheck = () => Record<string, boolean>;
 
@@ -37,7 +38,7 @@ export function startHttp(options: {
   });
   return new Promise((resolve, reject) => {
     const server = app.listen(options.port, options.host, (error?: Error) => {
-      if (error) return reject(error);
+      if (error) return reject(listenError('HTTP_PORT', options.host, options.port, error));
       server.once('close', followReadiness(options.ready));
       options.log.info({ address: server.address() }, 'http listening');
       resolve(server);

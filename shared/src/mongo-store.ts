@@ -23,6 +23,7 @@ import type { Logger } from './logger.ts';
 import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken } from './mongo-queries.ts';
 import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
+import { ConfigError } from './config.ts';
 
 const DEFAULT_RETENTION_MS = 7 * 86_400_000;
 const DUPLICATE_KEY = 11000;
@@ -115,7 +116,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
   });
   client.on('serverHeartbeatFailed', (event) => log.debug({ server: event.connectionId, err: event.failure }, 'MongoDB heartbeat failed'));
   await client.connect().catch((error: unknown) => {
-    throw new Error(`MONGODB_URL: cannot reach a writable MongoDB server: ${(error as Error).message}`);
+    throw new ConfigError(`MONGODB_URL: cannot reach a writable MongoDB server: ${(error as Error).message}`);
   });
   const db: Db = client.db();
   const messages = db.collection<MessageDoc>('messages');

@@ -9,6 +9,16 @@ import { flushTelemetry } from './telemetry.ts';
 
 /** Load the configuration, or print one line naming the bad key and exit 78 (EX_CONFIG). */
 export function configOrExit(service: string): Config {
+  // A setting that turns out wrong only at start-up (a port in use, MongoDB unreachable) is thrown
+  // as a ConfigError from the entry point's top-level await: one line naming the key, exit 78.
+  process.on('uncaughtException', (error) => {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`backupmx ${service}: configuration: ${error.message}\n`);
+      process.exit(78);
+    }
+    process.stderr.write(`backupmx ${service}: ${error.stack ?? String(error)}\n`);
+    process.exit(1);
+  });
   try {
     return loadConfig();
   } catch (error) {

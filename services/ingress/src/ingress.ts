@@ -1,5 +1,5 @@
 import type { Broker, PrimaryEvent } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
+import { listenError, type Config } from '@backupmx/shared/config.ts';
 import type { Logger } from '@backupmx/shared/logger.ts';
 import type { Store } from '@backupmx/shared/store.ts';
 import { callout } from './callout.ts';
@@ -76,9 +76,10 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
       ? watchTlsFiles(config.TLS_CERT, config.TLS_KEY, log, (files) => server.updateSecureContext({ ...files, minVersion: MIN_TLS_VERSION }), options.tlsWatchIntervalMs)
       : null;
   await new Promise<void>((resolve, reject) => {
-    server.server.once('error', reject);
+    const failed = (error: NodeJS.ErrnoException) => reject(listenError('SMTP_PORT', config.SMTP_HOST, config.SMTP_PORT, error));
+    server.server.once('error', failed);
     server.listen(config.SMTP_PORT, config.SMTP_HOST, () => {
-      server.server.off('error', reject);
+      server.server.off('error', failed);
       log.info({ address: server.server.address(), starttls: Boolean(tls) }, 'smtp listening');
       resolve();
     });
