@@ -58,9 +58,9 @@ describe('ingress: hostile input', () => {
     ['user@[IPv6:::1]', /^550 5\.7\.1 /],
     ['USER@ELSEWHERE.TEST', /^550 5\.7\.1 /],
     ['user@example.test.elsewhere.test', /^550 5\.7\.1 /],
-    ['user@elsewhere.test.', /^501 5\.1\.3 /],
-    ['user@example.test.', /^501 5\.1\.3 /],
-    ['"user@elsewhere.test"@example.test', /^501 5\.1\.3 /],
+    ['user@elsewhere.test.', /^550 5\.7\.1 /],
+    ['"user@elsewhere.test"@example.test', /^550 5\.7\.1 .*routing in local part/],
+    ['@relay.test:"user@elsewhere.test"@example.test', /^550 5\.7\.1 /],
     ['user@elsewhere.test@example.test', /^501 5\.1\.3 /],
     ['user@elsewhere.test%example.test', /^501 5\.1\.3 /],
   ];

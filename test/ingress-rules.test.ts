@@ -65,10 +65,21 @@ describe('ingress: relay and protocol rules', () => {
     });
   }
 
-  it('refuses a quoted local part hiding another @ (syntax: 501 5.1.3)', async () => {
+  it('refuses a quoted local part hiding another @ as routing, 550 5.7.1', async () => {
     const smtp = await session();
     await smtp.command('MAIL FROM:<sender@origin.test>');
-    assert.equal(await smtp.command('RCPT TO:<"user@elsewhere.test"@example.test>'), '501 5.1.3 Error: Bad recipient address syntax');
+    assert.equal(await smtp.command('RCPT TO:<"user@elsewhere.test"@example.test>'), '550 5.7.1 <"user@elsewhere.test"@example.test>: Relay access denied (routing in local part)');
+    assert.match(await smtp.command('DATA'), /^503 /);
+    smtp.close();
+    assert.equal(await storedMessages(), 0);
+  });
+
+  it('ignores one trailing dot on the domain (as Postfix): ours is taken, others still refused', async () => {
+    const smtp = await session();
+    assert.match(await smtp.command('MAIL FROM:<sender@origin.test.>'), /^250 /);
+    assert.match(await smtp.command('RCPT TO:<user@Example.Test.>'), /^250 2\.1\.5 /);
+    assert.match(await smtp.command('RCPT TO:<user@elsewhere.test.>'), /^550 5\.7\.1 /);
+    assert.match(await smtp.command('RCPT TO:<user@example.test..>'), /^501 5\.1\.3 /);
     smtp.close();
   });
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { addressLiteral, receivedHeader, rfc5322Date } from '../services/ingress/src/received-header.ts';
 import { checkRecipient } from '../services/ingress/src/relay-policy.ts';
+import { addressForm } from '../services/ingress/src/smtp-server-patches.ts';
 
 /** As loadConfig gives them: lower case, no trailing dot. */
 const RELAY_DOMAINS: ReadonlySet<string> = new Set(['example.test', 'backup.example.org']);
@@ -157,5 +158,22 @@ describe('Received header', () => {
     assert.equal(addressLiteral('::1'), '[IPv6:::1]');
     assert.equal(addressLiteral('::FFFF:192.0.2.1'), '[192.0.2.1]');
     assert.equal(addressLiteral('::ffff:c000:201'), '[IPv6:::ffff:c000:201]');
+  });
+});
+
+describe('address forms before smtp-server parses them (Postfix-compatible)', () => {
+  it('drops one trailing dot from the domain, keeps parameters, leaves other lines alone', () => {
+    assert.deepEqual(addressForm('RCPT', 'RCPT TO:<u@example.test.> NOTIFY=NEVER'), { line: 'RCPT TO:<u@example.test> NOTIFY=NEVER' });
+    assert.deepEqual(addressForm('MAIL', 'MAIL FROM:<a@origin.test.>'), { line: 'MAIL FROM:<a@origin.test>' });
+    assert.equal(addressForm('RCPT', 'RCPT TO:<u@example.test..>'), null);
+    assert.equal(addressForm('RCPT', 'RCPT TO:<u@example.test>'), null);
+    assert.equal(addressForm('MAIL', 'MAIL FROM:<>'), null);
+  });
+  it('refuses a quoted local part that holds an @ at RCPT, also behind a source route', () => {
+    const refusal = addressForm('RCPT', 'RCPT TO:<"u@elsewhere.test"@example.test>');
+    assert.ok(refusal && 'refusal' in refusal);
+    assert.deepEqual([refusal.refusal.code, refusal.refusal.status], [550, '5.7.1']);
+    assert.ok(addressForm('RCPT', 'RCPT TO:<@relay.test:"u@x.test"@example.test>'));
+    assert.equal(addressForm('RCPT', 'RCPT TO:<"john doe"@example.test>'), null);
   });
 });

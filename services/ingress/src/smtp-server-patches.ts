@@ -38,6 +38,11 @@ import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
  *    handlers (a declared SIZE over the limit, address syntax, command sequence, non-ASCII
  *    addresses) are reported to the server option `onLibraryRefusal` (for the metrics); refusals
  *    our handlers give are counted where they are made (smtp-metrics.ts).
+ *
+ * 8. Address forms the library's parser refuses as syntax (501) that Postfix treats otherwise:
+ *    one trailing dot on the domain (`user@example.com.`) is dropped before parsing, and at RCPT a
+ *    quoted local part hiding another mailbox (`"user@elsewhere"@example.com`) is refused as
+ *    sender-specified routing, `550 5.7.1`, like the percent hack (relay-policy.ts).
  */
 interface Parser {
   _dataMode: boolean;
@@ -277,3 +282,33 @@ prototype._resetSession = function (this: Connection) {
   resetSession.call(this);
   if (this._socket && !this._socket.destroyed && !this._closing) this._armTimeout();
 };
+
+// 8. Trailing dots and quoted routing. ----------------------------------------------------------
+
+/**
+ * A MAIL or RCPT command line with one trailing dot dropped from the address's domain, or the
+ * refusal for a quoted local part that holds an '@' (RCPT only). Null when there is nothing to do.
+ */
+export function addressForm(verb: 'MAIL' | 'RCPT', line: string): { line: string } | { refusal: SmtpReply } | null {
+  const match = /^([^<]*<)([^<>]*)(>.*)$/s.exec(line);
+  if (!match) return null;
+  const [, before = '', address = '', after = ''] = match;
+  if (verb === 'RCPT' && /^"[^"]*@[^"]*"@/.test(address.replace(/^@[^:]*:/, ''))) {
+    return { refusal: { code: 550, status: '5.7.1', text: `<${address}>: Relay access denied (routing in local part)` } };
+  }
+  if (/@[^@]*[^.@]\.$/.test(address)) return { line: `${before}${address.slice(0, -1)}${after}` };
+  return null;
+}
+
+for (const verb of ['MAIL', 'RCPT'] as const) {
+  const name = `handler_${verb}` as const;
+  const handler = prototype[name];
+  prototype[name] = function (this: Connection, command, callback) {
+    const form = Buffer.isBuffer(command) ? addressForm(verb, command.toString('latin1')) : null;
+    if (!form) return handler.call(this, command, callback);
+    if ('line' in form) return handler.call(this, Buffer.from(form.line, 'latin1'), callback);
+    reportRefusal(this, form.refusal.code, form.refusal.status);
+    this.send(form.refusal.code, `${form.refusal.status} ${form.refusal.text}`);
+    callback();
+  };
+}
