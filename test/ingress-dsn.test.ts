@@ -46,6 +46,32 @@ describe('ingress: DSN parameters', () => {
   }
 });
 
+describe('ingress: parameters we do not offer', () => {
+  let system: System;
+  before(async () => {
+    system = await startSystem({ PRIMARY: '127.0.0.1:1' }, { deliver: false });
+  });
+  after(async () => system.close());
+
+  it('answers 555 5.5.4 naming the option (as Postfix), and the session goes on', async () => {
+    const session = await openSession(system.port);
+    try {
+      await session.command('EHLO client.origin.test');
+      assert.equal(await session.command('MAIL FROM:<a@origin.test> FOO=bar'), '555 5.5.4 Unsupported option: FOO=bar');
+      assert.equal(await session.command('MAIL FROM:<a@origin.test> NOTIFY=NEVER'), '555 5.5.4 Unsupported option: NOTIFY=NEVER');
+      assert.equal(await session.command('MAIL FROM:<a@origin.test> AUTH=<>'), '555 5.5.4 Unsupported option: AUTH=<>');
+      assert.match(await session.command('MAIL FROM:<a@origin.test> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=x'), /^250 /);
+      assert.equal(await session.command('RCPT TO:<u@example.test> RET=FULL'), '555 5.5.4 Unsupported option: RET=FULL');
+      assert.equal(await session.command('RCPT TO:<u@example.test> XFOO'), '555 5.5.4 Unsupported option: XFOO');
+      assert.match(await session.command('RCPT TO:<u@example.test> NOTIFY=SUCCESS ORCPT=rfc822;u@example.test'), /^250 /);
+      await session.command('RSET');
+    } finally {
+      session.close();
+    }
+    assert.equal((await system.store.list({})).total, 0, 'nothing stored');
+  });
+});
+
 describe('ingress: DSN parameters of a refused MAIL FROM', () => {
   let system: System;
   before(async () => {

@@ -31,15 +31,30 @@ function arg(address: Args, key: string): string | undefined {
 
 const syntax = (text: string): SmtpReply => ({ code: 501, status: '5.5.4', text });
 
-/** MAIL FROM parameters smtp-server accepted but RFC 3461 limits. */
+/** The parameters we advertise (EHLO): anything else is refused as Postfix does, 555 5.5.4. */
+const MAIL_PARAMS = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID']);
+const RCPT_PARAMS = new Set(['NOTIFY', 'ORCPT']);
+
+function unsupported(address: Args, known: ReadonlySet<string>): SmtpReply | null {
+  for (const [key, value] of Object.entries(address.args || {})) {
+    if (!known.has(key.toUpperCase())) return { code: 555, status: '5.5.4', text: `Unsupported option: ${value === true ? key : `${key}=${String(value)}`}` };
+  }
+  return null;
+}
+
+/** MAIL FROM parameters smtp-server accepted but we do not offer, or RFC 3461 limits. */
 export function checkMailParams(address: Args): SmtpReply | null {
+  const other = unsupported(address, MAIL_PARAMS);
+  if (other) return other;
   const envid = arg(address, 'ENVID');
   if (envid !== undefined && envid.length > MAX_ENVID) return syntax(`ENVID longer than ${MAX_ENVID} characters`);
   return null;
 }
 
-/** RCPT TO parameters smtp-server accepted but RFC 3461 limits. */
+/** RCPT TO parameters smtp-server accepted but we do not offer, or RFC 3461 limits. */
 export function checkRcptParams(address: Args): SmtpReply | null {
+  const other = unsupported(address, RCPT_PARAMS);
+  if (other) return other;
   const orcpt = arg(address, 'ORCPT');
   if (orcpt !== undefined && orcpt.length > MAX_ORCPT) return syntax(`ORCPT longer than ${MAX_ORCPT} characters`);
   return null;
