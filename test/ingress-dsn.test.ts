@@ -70,6 +70,25 @@ describe('ingress: parameters we do not offer', () => {
     }
     assert.equal((await system.store.list({})).total, 0, 'nothing stored');
   });
+
+  it('does not lend BODY or SMTPUTF8 of a refused MAIL FROM to the next one', async () => {
+    const session = await openSession(system.port);
+    try {
+      await session.command('EHLO client.origin.test');
+      assert.match(await session.command('MAIL FROM:<a@origin.test> BODY=8BITMIME SMTPUTF8 FOO=bar'), /^555 5\.5\.4 /);
+      assert.match(await session.command('MAIL FROM:<a@origin.test>'), /^250 /);
+      assert.equal(await session.command('RCPT TO:<\u00fc@example.test>'), '553 5.6.7 Error: non-ASCII address without SMTPUTF8');
+      assert.match(await session.command('RCPT TO:<u@example.test>'), /^250 /);
+      assert.match(await session.command('DATA'), /^354 /);
+      assert.match(await session.data('Subject: plain\r\n\r\nascii\r\n.\r\n'), /^250 2\.0\.0 /);
+    } finally {
+      session.close();
+    }
+    const { items } = await system.store.list({});
+    assert.equal(items.length, 1);
+    assert.equal(items[0]?.message.envelope.body8bit, undefined);
+    assert.equal(items[0]?.message.envelope.smtputf8, undefined);
+  });
 });
 
 describe('ingress: DSN parameters of a refused MAIL FROM', () => {

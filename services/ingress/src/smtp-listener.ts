@@ -111,7 +111,12 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       if (state) state.messageCounted = false;
       // DSN parameter limits smtp-server does not check (issue 4): 501 5.5.4.
       const badDsn = checkMailParams(address);
-      if (badDsn) return callback(replyError(badDsn));
+      if (badDsn) {
+        // smtp-server applied BODY, SMTPUTF8, RET and ENVID to the session before asking us; a
+        // refused MAIL FROM must not lend them to the next one.
+        Object.assign(session.envelope, { bodyType: '7bit', smtpUtf8: false, requireTLS: false }, session.envelope.dsn ? { dsn: { ret: null, envid: null } } : {});
+        return callback(replyError(badDsn));
+      }
       callback();
     },
 
