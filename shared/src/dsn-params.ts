@@ -42,23 +42,14 @@ function unsupported(address: Args, known: ReadonlySet<string>): SmtpReply | nul
   return null;
 }
 
-/** MAIL FROM parameters smtp-server accepted but we do not offer, or RFC 3461 limits. */
-export function checkMailParams(address: Args): SmtpReply | null {
-  const other = unsupported(address, MAIL_PARAMS);
-  if (other) return other;
-  const envid = arg(address, 'ENVID');
-  if (envid !== undefined && envid.length > MAX_ENVID) return syntax(`ENVID longer than ${MAX_ENVID} characters`);
-  return null;
+/** Parameters smtp-server accepted but we do not offer (555), or over RFC 3461's length limit (501). */
+function checkParams(address: Args, known: ReadonlySet<string>, limited: string, max: number): SmtpReply | null {
+  const value = arg(address, limited);
+  return unsupported(address, known) ?? (value !== undefined && value.length > max ? syntax(`${limited} longer than ${max} characters`) : null);
 }
 
-/** RCPT TO parameters smtp-server accepted but we do not offer, or RFC 3461 limits. */
-export function checkRcptParams(address: Args): SmtpReply | null {
-  const other = unsupported(address, RCPT_PARAMS);
-  if (other) return other;
-  const orcpt = arg(address, 'ORCPT');
-  if (orcpt !== undefined && orcpt.length > MAX_ORCPT) return syntax(`ORCPT longer than ${MAX_ORCPT} characters`);
-  return null;
-}
+export const checkMailParams = (address: Args): SmtpReply | null => checkParams(address, MAIL_PARAMS, 'ENVID', MAX_ENVID);
+export const checkRcptParams = (address: Args): SmtpReply | null => checkParams(address, RCPT_PARAMS, 'ORCPT', MAX_ORCPT);
 
 /** The RFC 3461 parameters of a session (RET, ENVID; NOTIFY and ORCPT per recipient) for the stored Envelope. */
 export function dsnParams(session: DsnSession): Pick<Envelope, 'ret' | 'envid' | 'dsn'> {
