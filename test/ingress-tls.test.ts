@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { connect as connectTls, type TLSSocket } from 'node:tls';
 import nodemailer from 'nodemailer';
 import { startIngressWithSpool } from './support/in-process.ts';
-import { openSession } from './support/smtp-session.ts';
+import { openSession, smtpReplies } from './support/smtp-session.ts';
 import { tempDir, waitFor } from './support/util.ts';
 
 /** A self-signed certificate made now with openssl (no keys are checked in). */
@@ -19,44 +19,11 @@ function makeCertificate(dir: string, name: string, cn: string): { cert: string;
   return { cert, key };
 }
 
-/** A line-oriented SMTP client over any socket: `command()` resolves to the last line of the reply. */
-function lines(socket: NodeJS.ReadWriteStream & { destroy(): void }) {
-  let buffer = '';
-  const replies: string[] = [];
-  let waiting: ((line: string) => void) | null = null;
-  socket.setEncoding('latin1');
-  socket.on('data', (data: string) => {
-    buffer += data;
-    let end: number;
-    while ((end = buffer.indexOf('\r\n')) !== -1) {
-      const line = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      if (!/^\d{3} /.test(line)) continue;
-      if (waiting) {
-        const resolve = waiting;
-        waiting = null;
-        resolve(line);
-      } else replies.push(line);
-    }
-  });
-  const next = () => new Promise<string>((resolve) => (replies.length ? resolve(replies.shift() ?? '') : (waiting = resolve)));
-  return {
-    next,
-    command(line: string) {
-      socket.write(`${line}\r\n`);
-      return next();
-    },
-    detach() {
-      socket.removeAllListeners('data');
-    },
-  };
-}
-
 /** EHLO, STARTTLS, then a TLS session on the same connection (certificate not checked: self-signed). */
 async function startTls(port: number, options: { maxVersion?: 'TLSv1.1' | 'TLSv1.3'; minVersion?: 'TLSv1' | 'TLSv1.2'; ciphers?: string } = {}): Promise<TLSSocket> {
   const plain = connectTcp(port, '127.0.0.1');
-  const smtp = lines(plain);
-  assert.match(await smtp.next(), /^220 /);
+  const smtp = smtpReplies(plain);
+  assert.match(await smtp.reply(), /^220 /);
   assert.match(await smtp.command('EHLO client.origin.test'), /^250 /);
   assert.match(await smtp.command('STARTTLS'), /^220 /);
   smtp.detach();
@@ -115,7 +82,7 @@ describe('ingress: STARTTLS', () => {
   it('reloads a replaced certificate for new sessions without dropping the sessions in TLS', async () => {
     const first = await startTls(system.port);
     assert.equal(first.getPeerCertificate().subject.CN, 'first.example.test');
-    const session = lines(first);
+    const session = smtpReplies(first);
     assert.match(await session.command('EHLO client.origin.test'), /^250 /);
 
     // Replace both files the way certbot or a secret mount does: write aside, rename into place.

@@ -2,10 +2,15 @@ import { connect, type Socket } from 'node:net';
 
 /**
  * A bare SMTP client that shows the exact replies: `command('RCPT TO:<a@b>')` resolves to the last
- * line of the reply (e.g. `550 5.7.1 ...`), `lines` of multi-line replies are kept in `last`.
+ * line of the reply (e.g. `550 5.7.1 ...`), `commandLines` to every line of a multi-line reply.
  */
 export async function openSession(port: number, host = '127.0.0.1', localAddress?: string) {
-  const socket: Socket = connect({ port, host, ...(localAddress ? { localAddress } : {}) });
+  const session = smtpReplies(connect({ port, host, ...(localAddress ? { localAddress } : {}) }));
+  return { greeting: await session.reply(), ...session };
+}
+
+/** The same client over a socket that is already open (a TLS socket after STARTTLS, say). */
+export function smtpReplies(socket: Socket) {
   socket.setEncoding('latin1');
   let buffer = '';
   const replies: string[][] = [];
@@ -46,9 +51,7 @@ export async function openSession(port: number, host = '127.0.0.1', localAddress
         resolve(reply);
       };
     });
-  const greeting = (await next()).at(-1) ?? '';
   return {
-    greeting,
     /** Send one command line; resolves to the last line of its reply. */
     async command(line: string): Promise<string> {
       socket.write(`${line}\r\n`);
@@ -71,6 +74,10 @@ export async function openSession(port: number, host = '127.0.0.1', localAddress
     closed: () => closed,
     close(): void {
       socket.destroy();
+    },
+    /** Stop reading (the socket is handed to TLS). */
+    detach(): void {
+      socket.removeAllListeners('data');
     },
   };
 }
