@@ -45,19 +45,9 @@ interface MessageDoc {
   expireAt?: Date;
 }
 
-interface DeliveryDoc {
-  messageId: string;
-  recipient: string;
+interface DeliveryDoc extends Delivery {
   /** Position in the message's recipients. */
   i: number;
-  route: string;
-  state: DeliveryState;
-  attempts: number;
-  nextAttemptAt: number;
-  lastAttemptAt: number | null;
-  lastReply: string | null;
-  lastNextHop: string | null;
-  settledAt: number | null;
   receivedAt: number;
   leaseOwner: string | null;
   leaseUntil: number | null;
