@@ -1,10 +1,12 @@
 /**
  * Recipient verification by callout: ask the primary whether it would take a recipient, the way
  * Postfix's verify(8) does: greeting, EHLO, `MAIL FROM:<>`, `RCPT TO:<address>`, QUIT. No message
- * is sent. A small line reader over node:net (nodemailer's client has no RCPT-only transaction).
+ * is sent. Plain node:net with the shared reply reader (nodemailer's client has no RCPT-only
+ * transaction).
  */
 import net from 'node:net';
 import { formatTarget, type Target } from '@backupmx/shared/config.ts';
+import { replyText, smtpReplyReader, type SmtpReplyLines } from '@backupmx/shared/smtp-reply-reader.ts';
 
 export type Verdict = 'valid' | 'invalid' | 'unknown';
 
@@ -25,68 +27,14 @@ export interface CalloutOptions {
   timeoutMs: number;
 }
 
-interface Reply {
-  code: number;
-  lines: string[];
-}
-
-const MAX_REPLY_BYTES = 64 * 1024;
-
-/** Replies in order from a socket; `next()` rejects when the socket fails, closes or the deadline passes. */
-function replies(socket: net.Socket) {
-  let buffer = '';
-  let lines: string[] = [];
-  const ready: Reply[] = [];
-  let waiting: { resolve: (reply: Reply) => void; reject: (error: Error) => void } | null = null;
-  let failure: Error | null = null;
-
-  const fail = (error: Error) => {
-    failure ??= error;
-    waiting?.reject(failure);
-    waiting = null;
-  };
-  socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => {
-    buffer += chunk;
-    let newline: number;
-    while ((newline = buffer.indexOf('\n')) !== -1) {
-      const line = buffer.slice(0, newline).replace(/\r$/, '');
-      buffer = buffer.slice(newline + 1);
-      const match = /^(\d{3})([ -]?)/.exec(line);
-      if (!match) return fail(new Error(`malformed reply: ${JSON.stringify(line.slice(0, 100))}`));
-      lines.push(line);
-      if (match[2] === '-') continue;
-      const reply = { code: Number(match[1]), lines };
-      lines = [];
-      if (waiting) {
-        waiting.resolve(reply);
-        waiting = null;
-      } else ready.push(reply);
-    }
-    if (buffer.length > MAX_REPLY_BYTES) fail(new Error('reply too long'));
-  });
-  socket.on('error', (error) => fail(error));
-  socket.on('close', () => fail(new Error('connection closed')));
-  return {
-    next(): Promise<Reply> {
-      const reply = ready.shift();
-      if (reply) return Promise.resolve(reply);
-      if (failure) return Promise.reject(failure);
-      return new Promise((resolve, reject) => {
-        waiting = { resolve, reject };
-      });
-    },
-  };
-}
-
-const text = (reply: Reply) => reply.lines.join(' ').slice(0, 300);
+const text = (reply: SmtpReplyLines) => replyText(reply).slice(0, 300);
 
 /** One conversation with one target. Throws when the target cannot be reached or stops answering. */
 async function ask(target: Target, address: string, options: CalloutOptions, deadline: number): Promise<Omit<CalloutResult, 'target' | 'unreachable'> & { reachable: boolean }> {
   const socket = net.connect({ host: target.host, port: target.port });
   socket.setNoDelay(true);
   const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${options.timeoutMs} ms`)), Math.max(1, deadline - Date.now()));
-  const reader = replies(socket);
+  const reader = smtpReplyReader(socket);
   const command = async (line: string) => {
     socket.write(`${line}\r\n`);
     return reader.next();
