@@ -2,12 +2,12 @@
  * Single-process mode (`npm start`): ingress, spool, health and deliverer in one process, joined by
  * the in-process broker (or RabbitMQ when AMQP_URL is set), with the SQLite store under DATA_DIR.
  */
-import '@backupmx/shared/telemetry.ts';
+import '@backupmx/shared/runtime/telemetry.ts';
 import { join } from 'node:path';
-import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
-import { createLogger } from '@backupmx/shared/logger.ts';
-import { createMemoryBroker } from '@backupmx/shared/memory-broker.ts';
-import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime.ts';
+import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
+import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { createMemoryBroker } from '@backupmx/shared/broker/memory-broker.ts';
+import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime/process.ts';
 import { createDeliverer } from '@backupmx/deliverer/src/deliverer.ts';
 import { createMonitor } from '@backupmx/health/src/monitor.ts';
 import { startIngress } from '@backupmx/ingress/src/ingress.ts';

@@ -15,7 +15,7 @@ import { createServer, type Server } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { configSchema, loadConfig } from '../shared/src/config.ts';
+import { configSchema, loadConfig } from '../shared/src/runtime/config.ts';
 import { interpolate, loadCompose, type ComposeService } from './support/compose.ts';
 import { assertAllDelivered, queueIdOf, sendMessages } from './support/mail.ts';
 import { startPrimary } from './support/primary.ts';

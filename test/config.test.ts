@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ConfigError, formatTarget, loadConfig, parseTarget } from '../shared/src/config.ts';
-import { parseDuration } from '../shared/src/duration.ts';
+import { ConfigError, formatTarget, loadConfig, parseTarget } from '../shared/src/runtime/config.ts';
+import { parseDuration } from '../shared/src/rules/duration.ts';
 
 /** The least an operator must set. */
 const BASE = { RELAY_DOMAINS: 'example.test', PRIMARY: 'mx.example.test' };

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { registry } from '../shared/src/metrics.ts';
+import { registry } from '../shared/src/runtime/metrics.ts';
 import { loadCompose } from './support/compose.ts';
 import { ROOT } from './support/processes.ts';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { toOutcomes, verdicts, type SendError } from '../services/deliverer/src/outcomes.ts';
-import { nextAttemptAt } from '../services/deliverer/src/retry.ts';
+import { toOutcomes, verdicts, type SendError } from '../shared/src/rules/outcomes.ts';
+import { nextAttemptAt } from '../shared/src/rules/retry.ts';
 
 const MINUTE = 60_000;
 const DEFAULT_SCHEDULE = [1, 5, 15, 30, 60].map((minutes) => minutes * MINUTE);

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import type { EventKey, PrimaryEvent } from '../shared/src/broker.ts';
-import { loadConfig } from '../shared/src/config.ts';
-import { createLogger } from '../shared/src/logger.ts';
-import { createMemoryBroker } from '../shared/src/memory-broker.ts';
+import type { EventKey, PrimaryEvent } from '../shared/src/broker/broker.ts';
+import { loadConfig } from '../shared/src/runtime/config.ts';
+import { createLogger } from '../shared/src/runtime/logger.ts';
+import { createMemoryBroker } from '../shared/src/broker/memory-broker.ts';
 import { createMonitor } from '../services/health/src/monitor.ts';
 import { startPrimary } from './support/primary.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';

@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyProbe, initialState } from '../services/health/src/hysteresis.ts';
-import type { TargetState, Thresholds } from '../services/health/src/hysteresis.ts';
+import { applyProbe, initialState } from '../shared/src/rules/hysteresis.ts';
+import type { TargetState, Thresholds } from '../shared/src/rules/hysteresis.ts';
 import type { ProbeResult } from '../services/health/src/probe.ts';
 
 const OK: ProbeResult = { ok: true, latencyMs: 12, greeting: '220 primary ESMTP' };

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { ConfigError, loadConfig } from '../shared/src/config.ts';
+import { ConfigError, loadConfig } from '../shared/src/runtime/config.ts';
 import { tempDir } from './support/util.ts';
 
 /** The settings of inbound protection (ingress): defaults and one-line errors naming the key. */

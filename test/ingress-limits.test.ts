@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createLogger } from '../shared/src/logger.ts';
+import { createLogger } from '../shared/src/runtime/logger.ts';
 import { createMonitor } from '../services/health/src/monitor.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { startPrimary } from './support/primary.ts';

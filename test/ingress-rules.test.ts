@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
-import { registry } from '../shared/src/metrics.ts';
+import { registry } from '../shared/src/runtime/metrics.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { sample } from './support/metrics.ts';
 import { openSession } from './support/smtp-session.ts';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { addressLiteral, receivedHeader, rfc5322Date } from '../services/ingress/src/received-header.ts';
-import { checkRecipient } from '../services/ingress/src/relay-policy.ts';
+import { checkRecipient } from '../shared/src/rules/relay-policy.ts';
 import { addressForm } from '../services/ingress/src/smtp-server-patches.ts';
 
 /** As loadConfig gives them: lower case, no trailing dot. */

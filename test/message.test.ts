@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import { describe, it } from 'node:test';
-import { countReceived, headerSection, parseHeaders } from '../shared/src/message.ts';
-import { newQueueId } from '../shared/src/queue-id.ts';
+import { countReceived, headerSection, parseHeaders } from '../shared/src/mail/message.ts';
+import { newQueueId } from '../shared/src/rules/queue-id.ts';
 
 const crlf = (...lines: string[]) => Buffer.from(lines.join('\r\n'));
 const lf = (...lines: string[]) => Buffer.from(lines.join('\n'));

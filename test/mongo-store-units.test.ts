@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createRequire } from 'node:module';
 import { find, Query, updateMany } from 'mingo';
-import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken, type Doc } from '../shared/src/mongo-queries.ts';
-import type { ClaimOptions } from '../shared/src/store.ts';
+import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken, type Doc } from '../shared/src/store/mongo-queries.ts';
+import type { ClaimOptions } from '../shared/src/store/store.ts';
 
 /** The driver's own class (not exported by its index): what a hello reply or a failed heartbeat becomes. */
 const { ServerDescription } = createRequire(import.meta.url)('mongodb/lib/sdam/server_description.js') as {

@@ -3,10 +3,10 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { createLogger } from '../shared/src/logger.ts';
-import { observeSpool, registry } from '../shared/src/metrics.ts';
-import { createFileDeadLetters } from '../shared/src/file-dead-letters.ts';
-import { serviceName, telemetryEnabled } from '../shared/src/telemetry.ts';
+import { createLogger } from '../shared/src/runtime/logger.ts';
+import { observeSpool, registry } from '../shared/src/runtime/metrics.ts';
+import { createFileDeadLetters } from '../shared/src/broker/file-dead-letters.ts';
+import { serviceName, telemetryEnabled } from '../shared/src/runtime/telemetry.ts';
 import { adminAuth, isLoopback, tokenMatches } from '../services/spool/src/admin-auth.ts';
 import { detailView, traceIdOf } from '../services/spool/src/admin-api.ts';
 import { createNotifier, primaryAlert, queueAgeAlert, queueAgeChange } from '../services/spool/src/alerts.ts';
@@ -228,7 +228,7 @@ describe('dead letters in DATA_DIR/dead', () => {
 
 describe('store reconnects', () => {
   it('are counted when the store check comes back after being lost (not at start-up)', async () => {
-    const { followReadiness } = await import('../shared/src/metrics.ts');
+    const { followReadiness } = await import('../shared/src/runtime/metrics.ts');
     const states = [false, true, true, false, false, true, true];
     const before = sample(await registry.metrics(), 'backupmx_store_reconnects_total') ?? 0;
     let index = 0;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { openSqliteStore } from '../shared/src/sqlite-store.ts';
+import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import { spawnService, waitReady, type Service } from './support/processes.ts';
 import { openSession } from './support/smtp-session.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { join } from 'node:path';
-import { openSqliteStore } from '../shared/src/sqlite-store.ts';
+import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import { startPrimary } from './support/primary.ts';
 import { spawnService, waitReady, type Service } from './support/processes.ts';
 import { assertAllDelivered, sendMessages } from './support/mail.ts';

@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DatabaseSync } from 'node:sqlite';
-import { createLogger } from '../shared/src/logger.ts';
-import type { Logger } from '../shared/src/logger.ts';
-import type { QueueStats, Store } from '../shared/src/store.ts';
+import { createLogger } from '../shared/src/runtime/logger.ts';
+import type { Logger } from '../shared/src/runtime/logger.ts';
+import type { QueueStats, Store } from '../shared/src/store/store.ts';
 import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
-import { openSqliteStore } from '../shared/src/sqlite-store.ts';
+import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
 interface Backend {
@@ -926,7 +926,7 @@ describe('sqlite store: separate processes', () => {
       }
       await setup.close();
 
-      const moduleUrl = pathToFileURL(join(import.meta.dirname, '..', 'shared', 'src', 'sqlite-store.ts')).href;
+      const moduleUrl = pathToFileURL(join(import.meta.dirname, '..', 'shared', 'src', 'store', 'sqlite-store.ts')).href;
       const worker = `
         const { openSqliteStore } = await import(${JSON.stringify(moduleUrl)});
         const store = await openSqliteStore(${JSON.stringify(path)});
@@ -1024,7 +1024,7 @@ describe('sqlite store: file format', () => {
 // ---- MongoDB: only where a server is given ----
 const mongoUrl = process.env['MONGODB_URL'];
 if (mongoUrl) {
-  const mod = (await import(new URL('../shared/src/mongo-store.ts', import.meta.url).href)) as {
+  const mod = (await import(new URL('../shared/src/store/mongo-store.ts', import.meta.url).href)) as {
     openMongoStore(url: string, log: Logger): Promise<Store>;
   };
   const log = createLogger('test', 'silent');

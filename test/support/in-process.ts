@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import { loadConfig, type Config } from '../../shared/src/config.ts';
-import { createLogger } from '../../shared/src/logger.ts';
-import { createMemoryBroker } from '../../shared/src/memory-broker.ts';
-import { openSqliteStore } from '../../shared/src/sqlite-store.ts';
+import { loadConfig, type Config } from '../../shared/src/runtime/config.ts';
+import { createLogger } from '../../shared/src/runtime/logger.ts';
+import { createMemoryBroker } from '../../shared/src/broker/memory-broker.ts';
+import { openSqliteStore } from '../../shared/src/store/sqlite-store.ts';
 import { startIngress, type IngressOptions } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
 import { createDeliverer } from '../../services/deliverer/src/deliverer.ts';

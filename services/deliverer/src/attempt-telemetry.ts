@@ -1,5 +1,5 @@
 import { SpanStatusCode, type Span } from '@opentelemetry/api';
-import { deliveryAttempts } from '@backupmx/shared/metrics.ts';
+import { deliveryAttempts } from '@backupmx/shared/runtime/metrics.ts';
 
 /** What this module reads of a delivery attempt (smtp-client's Attempt). */
 type Attempt = { target: string } & ({ result: { response?: string } } | { error: { message: string; response?: string; responseCode?: number } });

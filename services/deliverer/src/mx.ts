@@ -7,7 +7,7 @@
  */
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { normalizeDomain } from '@backupmx/shared/address.ts';
+import { normalizeDomain } from '@backupmx/shared/rules/address.ts';
 
 /** The part of node:dns/promises' Resolver we use (injectable: tests need no internet). */
 export interface MxResolver {

@@ -1,6 +1,6 @@
-import { isSmtpReply, statusOf } from '@backupmx/shared/dsn-policy.ts';
-import type { ReportEntry } from '@backupmx/shared/reports.ts';
-import type { Verdict } from './outcomes.ts';
+import { isSmtpReply, statusOf } from '@backupmx/shared/rules/dsn-policy.ts';
+import type { ReportEntry } from '@backupmx/shared/mail/reports.ts';
+import type { Verdict } from '../../../shared/src/rules/outcomes.ts';
 
 /** A status of the right class for the action (a broken server may give 550 4.x.x). */
 function ofClass(status: string, digit: '2' | '4' | '5'): string {

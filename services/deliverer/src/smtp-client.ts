@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { formatTarget, type Target } from '@backupmx/shared/config.ts';
-import type { SendError, SendResult } from './outcomes.ts';
+import { formatTarget, type Target } from '@backupmx/shared/runtime/config.ts';
+import type { SendError, SendResult } from '../../../shared/src/rules/outcomes.ts';
 
 export interface ClientOptions {
   /** Our name in EHLO (SMTP_HOSTNAME). */

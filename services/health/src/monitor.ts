@@ -1,10 +1,10 @@
-import type { Broker } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
-import { parseTarget } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { primaryTransitions, primaryUp, probeDuration } from '@backupmx/shared/metrics.ts';
-import { configuredTargets } from '@backupmx/shared/routing.ts';
-import { applyProbe, initialState, type TargetState } from './hysteresis.ts';
+import type { Broker } from '@backupmx/shared/broker/broker.ts';
+import type { Config } from '@backupmx/shared/runtime/config.ts';
+import { parseTarget } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { primaryTransitions, primaryUp, probeDuration } from '@backupmx/shared/runtime/metrics.ts';
+import { configuredTargets } from '@backupmx/shared/rules/routing.ts';
+import { applyProbe, initialState, type TargetState } from '../../../shared/src/rules/hysteresis.ts';
 import { probeSmtp } from './probe.ts';
 
 /**

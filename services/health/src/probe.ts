@@ -8,7 +8,7 @@
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { replyText, smtpReplyReader, type SmtpReplyLines } from '@backupmx/shared/smtp-reply-reader.ts';
+import { replyText, smtpReplyReader, type SmtpReplyLines } from '@backupmx/shared/mail/smtp-reply-reader.ts';
 
 export type ProbeResult =
   | { ok: true; latencyMs: number; greeting: string }

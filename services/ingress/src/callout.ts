@@ -5,8 +5,8 @@
  * transaction).
  */
 import net from 'node:net';
-import { formatTarget, type Target } from '@backupmx/shared/config.ts';
-import { replyText, smtpReplyReader, type SmtpReplyLines } from '@backupmx/shared/smtp-reply-reader.ts';
+import { formatTarget, type Target } from '@backupmx/shared/runtime/config.ts';
+import { replyText, smtpReplyReader, type SmtpReplyLines } from '@backupmx/shared/mail/smtp-reply-reader.ts';
 
 export type Verdict = 'valid' | 'invalid' | 'unknown';
 

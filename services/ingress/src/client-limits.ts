@@ -1,6 +1,6 @@
 import { isIPv6 } from 'node:net';
-import { expandIPv6 } from './ip.ts';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import { expandIPv6 } from '../../../shared/src/rules/ip.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 
 export interface LimitSettings {
   /** Our name, for the 421 text. */

@@ -1,7 +1,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
-import { expandIPv6 } from './ip.ts';
+import { expandIPv6 } from '../../../shared/src/rules/ip.ts';
 
 /** The DNSBL query name of an address in a zone: reversed octets (IPv4) or nibbles (IPv6). */
 export function dnsblQuery(address: string, zone: string): string | null {

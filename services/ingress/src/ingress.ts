@@ -1,7 +1,7 @@
-import type { Broker, PrimaryEvent } from '@backupmx/shared/broker.ts';
-import { listenError, type Config } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import type { Store } from '@backupmx/shared/store.ts';
+import type { Broker, PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
+import { listenError, type Config } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import type { Store } from '@backupmx/shared/store/store.ts';
 import { callout } from './callout.ts';
 import { createClientLimits } from './client-limits.ts';
 import { cachingResolver, systemResolver, withTimeout, type Resolver } from './dns.ts';

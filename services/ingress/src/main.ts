@@ -1,7 +1,7 @@
-import '@backupmx/shared/telemetry.ts';
-import { createLogger } from '@backupmx/shared/logger.ts';
-import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
-import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime.ts';
+import '@backupmx/shared/runtime/telemetry.ts';
+import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
+import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime/process.ts';
 import { startIngress } from './ingress.ts';
 import { usesVerify } from './recipient-validation.ts';
 

@@ -1,4 +1,4 @@
-import type { PrimaryEvent } from '@backupmx/shared/broker.ts';
+import type { PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
 
 export type RouteState = 'up' | 'down' | 'unknown';
 

@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
-import { splitAddress } from '@backupmx/shared/address.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
+import { splitAddress } from '@backupmx/shared/rules/address.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 
 /**
  * Parse a recipient list: one address or `@domain` per line; blank lines and `#` comments are

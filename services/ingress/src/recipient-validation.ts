@@ -1,8 +1,8 @@
-import { splitAddress } from '@backupmx/shared/address.ts';
-import type { Config, Target } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { routeForRecipient, routeTargets } from '@backupmx/shared/routing.ts';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import { splitAddress } from '@backupmx/shared/rules/address.ts';
+import type { Config, Target } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { routeForRecipient, routeTargets } from '@backupmx/shared/rules/routing.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import { createRecipientFile, listAccepts } from './recipient-list.ts';
 import type { Verifier, WhenDown } from './recipient-verifier.ts';
 

@@ -1,7 +1,7 @@
-import type { Target } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
-import type { Store } from '@backupmx/shared/store.ts';
+import type { Target } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
+import type { Store } from '@backupmx/shared/store/store.ts';
 import type { CalloutResult } from './callout.ts';
 import type { RouteState } from './primary-state.ts';
 

@@ -1,6 +1,6 @@
 import type { Buffer } from 'node:buffer';
 import { authenticate, type AuthenticateResult } from 'mailauth';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
 
 export interface SenderAuthInput {

@@ -1,5 +1,5 @@
 import type { SMTPServer } from 'smtp-server';
-import { messagesAccepted, smtpConnections, smtpConnectionsActive, smtpRejections } from '@backupmx/shared/metrics.ts';
+import { messagesAccepted, smtpConnections, smtpConnectionsActive, smtpRejections } from '@backupmx/shared/runtime/metrics.ts';
 
 type Stage = 'connect' | 'mail' | 'rcpt' | 'data';
 const HANDLERS: Array<[name: 'onConnect' | 'onMailFrom' | 'onRcptTo' | 'onData', stage: Stage]> = [

@@ -2,7 +2,7 @@ import { Buffer, isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 
 /**
  * Small, documented changes to smtp-server's connection and command parser, made once at import.

@@ -1,7 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import type { Logger } from '@backupmx/shared/logger.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 
 /** TLS 1.2 or newer (RFC 8996 deprecates 1.0 and 1.1). */
 export const MIN_TLS_VERSION = 'TLSv1.2';

@@ -1,12 +1,12 @@
 import { pipeline } from 'node:stream/promises';
 import express, { type ErrorRequestHandler, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
-import type { Broker } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
-import { parseDuration } from '@backupmx/shared/duration.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { routeForRecipient } from '@backupmx/shared/routing.ts';
-import type { MessageDetail, MessageSummary, Store } from '@backupmx/shared/store.ts';
+import type { Broker } from '@backupmx/shared/broker/broker.ts';
+import type { Config } from '@backupmx/shared/runtime/config.ts';
+import { parseDuration } from '@backupmx/shared/rules/duration.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { routeForRecipient } from '@backupmx/shared/rules/routing.ts';
+import type { MessageDetail, MessageSummary, Store } from '@backupmx/shared/store/store.ts';
 import type { Delivery } from '@backupmx/shared/types.ts';
 import { adminAuth } from './admin-auth.ts';
 import type { PrimaryTracker } from './primaries.ts';

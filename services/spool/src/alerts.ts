@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { alertNotifications } from '@backupmx/shared/metrics.ts';
-import type { QueueStats } from '@backupmx/shared/store.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { alertNotifications } from '@backupmx/shared/runtime/metrics.ts';
+import type { QueueStats } from '@backupmx/shared/store/store.ts';
 import type { PrimaryState, Transition } from './primaries.ts';
 
 export interface Alert {

@@ -1,7 +1,7 @@
-import '@backupmx/shared/telemetry.ts';
-import { closeHttp, startHttp } from '@backupmx/shared/http.ts';
-import { createLogger } from '@backupmx/shared/logger.ts';
-import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime.ts';
+import '@backupmx/shared/runtime/telemetry.ts';
+import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
+import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime/process.ts';
 import { startOperations } from './operations.ts';
 import { startSpool } from './spool.ts';
 import { createSweeper } from './sweep.ts';

@@ -1,9 +1,9 @@
 import type { Express } from 'express';
-import type { Broker } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { beforeScrape, observeSpool } from '@backupmx/shared/metrics.ts';
-import type { Store } from '@backupmx/shared/store.ts';
+import type { Broker } from '@backupmx/shared/broker/broker.ts';
+import type { Config } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { beforeScrape, observeSpool } from '@backupmx/shared/runtime/metrics.ts';
+import type { Store } from '@backupmx/shared/store/store.ts';
 import { adminRouter } from './admin-api.ts';
 import { createNotifier, primaryAlert, queueAgeAlert, queueAgeChange } from './alerts.ts';
 import { trackPrimaries } from './primaries.ts';

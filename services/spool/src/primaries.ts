@@ -1,4 +1,4 @@
-import type { Broker, PrimaryEvent } from '@backupmx/shared/broker.ts';
+import type { Broker, PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
 
 export interface PrimaryState {
   state: PrimaryEvent['state'];

@@ -1,13 +1,13 @@
-import type { Broker, MailDisposition } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { parseHeaders } from '@backupmx/shared/message.ts';
-import { routeForRecipient, type RoutingConfig } from '@backupmx/shared/routing.ts';
-import type { Store } from '@backupmx/shared/store.ts';
+import type { Broker, MailDisposition } from '@backupmx/shared/broker/broker.ts';
+import type { Config } from '@backupmx/shared/runtime/config.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { parseHeaders } from '@backupmx/shared/mail/message.ts';
+import { routeForRecipient, type RoutingConfig } from '@backupmx/shared/rules/routing.ts';
+import type { Store } from '@backupmx/shared/store/store.ts';
 import type { ReceivedMail } from '@backupmx/shared/types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
-import { messagesDeadLettered } from '@backupmx/shared/metrics.ts';
+import { messagesDeadLettered } from '@backupmx/shared/runtime/metrics.ts';
 
 const tracer = trace.getTracer('backupmx-spool');
 
@@ -16,7 +16,7 @@ export const PREFETCH = 64;
 
 /**
  * How long one try waits for an unready store (MongoDB unreachable) before it fails; the broker
- * keeps the message unacknowledged and tries again (shared/src/amqp-broker.ts).
+ * keeps the message unacknowledged and tries again (shared/src/broker/amqp-broker.ts).
  */
 export const STORE_WAIT_MS = 10_000;
 

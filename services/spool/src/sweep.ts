@@ -9,12 +9,12 @@
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type { Broker } from '@backupmx/shared/broker.ts';
-import type { Config } from '@backupmx/shared/config.ts';
-import { isSmtpReply, statusOf } from '@backupmx/shared/dsn-policy.ts';
-import type { Logger } from '@backupmx/shared/logger.ts';
-import { createReporter, type ReportEntry } from '@backupmx/shared/reports.ts';
-import type { Store } from '@backupmx/shared/store.ts';
+import type { Broker } from '@backupmx/shared/broker/broker.ts';
+import type { Config } from '@backupmx/shared/runtime/config.ts';
+import { isSmtpReply, statusOf } from '@backupmx/shared/rules/dsn-policy.ts';
+import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { createReporter, type ReportEntry } from '@backupmx/shared/mail/reports.ts';
+import type { Store } from '@backupmx/shared/store/store.ts';
 import type { ClaimedMessage, Delivery, Outcome } from '@backupmx/shared/types.ts';
 
 /** Messages handled per store call. */

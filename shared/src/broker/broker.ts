@@ -1,4 +1,4 @@
-import type { Envelope, ReceivedMail } from './types.ts';
+import type { Envelope, ReceivedMail } from '../types.ts';
 
 /** RabbitMQ names, in one place. */
 export const TOPOLOGY = {

@@ -2,8 +2,8 @@ import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Broker, EventKey, EventPayload, MailDisposition } from './broker.ts';
 import { createFileDeadLetters } from './file-dead-letters.ts';
-import type { Logger } from './logger.ts';
-import type { ReceivedMail } from './types.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { ReceivedMail } from '../types.ts';
 
 /**
  * The in-process broker of the single-process mode. publishMail "confirms" only after the spool's

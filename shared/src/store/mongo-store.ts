@@ -19,11 +19,11 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GridFSBucket, MongoBulkWriteError, MongoClient, ObjectId, type Db, type Filter } from 'mongodb';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../runtime/logger.ts';
 import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken } from './mongo-queries.ts';
 import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
-import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
-import { ConfigError } from './config.ts';
+import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
+import { ConfigError } from '../runtime/config.ts';
 
 const DEFAULT_RETENTION_MS = 7 * 86_400_000;
 const DUPLICATE_KEY = 11000;

@@ -1,10 +1,10 @@
 import { join } from 'node:path';
-import { createAmqpBroker } from './amqp-broker.ts';
-import type { Broker } from './broker.ts';
+import { createAmqpBroker } from '../broker/amqp-broker.ts';
+import type { Broker } from '../broker/broker.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import type { Logger } from './logger.ts';
-import { openSqliteStore } from './sqlite-store.ts';
-import type { Store } from './store.ts';
+import { openSqliteStore } from '../store/sqlite-store.ts';
+import type { Store } from '../store/store.ts';
 import { flushTelemetry } from './telemetry.ts';
 
 /** Load the configuration, or print one line naming the bad key and exit 78 (EX_CONFIG). */
@@ -45,7 +45,7 @@ export async function connectBroker(config: Config, name: string, log: Logger): 
 
 export async function openStore(config: Config, log: Logger): Promise<Store> {
   if (config.MONGODB_URL) {
-    const { openMongoStore } = await import('./mongo-store.ts');
+    const { openMongoStore } = await import('../store/mongo-store.ts');
     return openMongoStore(config.MONGODB_URL, log, { retentionMs: config.RECORD_RETENTION });
   }
   const path = join(config.DATA_DIR, 'spool.sqlite');

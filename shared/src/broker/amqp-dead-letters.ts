@@ -2,7 +2,7 @@ import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { ChannelModel, GetMessage, Options } from 'amqplib';
 import { TOPOLOGY, type DeadLetter, type DeadLetters } from './broker.ts';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../runtime/logger.ts';
 
 const DEAD_AT = 'x-backupmx-dead-at';
 const DEAD_REASON = 'x-backupmx-dead-reason';

@@ -3,8 +3,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { Buffer } from 'node:buffer';
-import { parseHeaders } from './message.ts';
-import type { Envelope } from './types.ts';
+import { parseHeaders } from '../mail/message.ts';
+import type { Envelope } from '../types.ts';
 
 /** RFC 3464 2.3.3 actions we report. */
 export type ReportAction = 'failed' | 'delayed' | 'relayed';

@@ -3,9 +3,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
 import { createAmqpDeadLetters } from './amqp-dead-letters.ts';
 import { TOPOLOGY, type Broker, type EventKey, type EventPayload, type MailDisposition } from './broker.ts';
-import type { Logger } from './logger.ts';
-import { brokerReconnects, messagesDeadLettered } from './metrics.ts';
-import type { Envelope, ReceivedMail } from './types.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { brokerReconnects, messagesDeadLettered } from '../runtime/metrics.ts';
+import type { Envelope, ReceivedMail } from '../types.ts';
 
 export interface AmqpOptions {
   url: string;

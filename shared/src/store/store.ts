@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from './types.ts';
+import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 export interface ClaimOptions {
   /** Only this route; absent: any route (the expiry sweep). */

@@ -7,7 +7,7 @@
  * - A result resets the opposite counter.
  * - A transition is reported only when the state changes.
  */
-import type { ProbeResult } from './probe.ts';
+import type { ProbeResult } from '../../../services/health/src/probe.ts';
 
 export type TargetStatus = 'unknown' | 'up' | 'down';
 

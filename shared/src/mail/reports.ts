@@ -6,13 +6,13 @@
  */
 import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
-import type { Broker } from './broker.ts';
-import type { Config } from './config.ts';
-import type { Logger } from './logger.ts';
-import { notifyOf, orcptOf, reportId, reportSuppressed, wantsReport, type ReportAction } from './dsn-policy.ts';
+import type { Broker } from '../broker/broker.ts';
+import type { Config } from '../runtime/config.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { notifyOf, orcptOf, reportId, reportSuppressed, wantsReport, type ReportAction } from '../rules/dsn-policy.ts';
 import { buildReport, type ReportRecipient } from './dsn-report.ts';
-import type { Store } from './store.ts';
-import type { MessageInfo } from './types.ts';
+import type { Store } from '../store/store.ts';
+import type { MessageInfo } from '../types.ts';
 
 /** One recipient to report on; `orcpt` comes from the message's envelope. */
 export type ReportEntry = Omit<ReportRecipient, 'orcpt'>;

@@ -1,5 +1,5 @@
 import { splitAddress } from './address.ts';
-import { formatTarget, parseTarget, type Config, type Target } from './config.ts';
+import { formatTarget, parseTarget, type Config, type Target } from '../runtime/config.ts';
 
 /**
  * A route is where the deliveries of a domain are queued and claimed:

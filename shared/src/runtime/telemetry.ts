@@ -3,7 +3,7 @@
  * (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Otherwise nothing is loaded
  * and every span of `@opentelemetry/api` is a no-op.
  *
- * Import it first in every entry point (`import '@backupmx/shared/telemetry.ts'`): it runs before
+ * Import it first in every entry point (`import './telemetry.ts'`): it runs before
  * amqplib, mongodb and express are evaluated, so their instrumentations apply. The SDK is loaded
  * synchronously (a top-level await would let the modules after this one run first).
  *
@@ -14,7 +14,7 @@
  */
 import { createRequire } from 'node:module';
 import type { tracing } from '@opentelemetry/sdk-node';
-import { TOPOLOGY } from './broker.ts';
+import { TOPOLOGY } from '../broker/broker.ts';
 
 type Env = Record<string, string | undefined>;
 type Sampler = tracing.Sampler;

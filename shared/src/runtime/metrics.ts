@@ -4,7 +4,7 @@
  * when Prometheus scrapes (beforeScrape), not kept up to date on every write.
  */
 import client from 'prom-client';
-import type { QueueStats } from './store.ts';
+import type { QueueStats } from '../store/store.ts';
 
 export const registry = client.register;
 client.collectDefaultMetrics({ register: registry });

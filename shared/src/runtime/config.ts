@@ -2,8 +2,8 @@ import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { parseDuration } from './duration.ts';
-import { normalizeDomain } from './address.ts';
+import { parseDuration } from '../rules/duration.ts';
+import { normalizeDomain } from '../rules/address.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
 export interface Target {

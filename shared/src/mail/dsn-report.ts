@@ -8,8 +8,8 @@ import { Buffer } from 'node:buffer';
 import { isIP } from 'node:net';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { headerSection } from './message.ts';
-import { isSmtpReply, type ReportAction } from './dsn-policy.ts';
-import type { Envelope } from './types.ts';
+import { isSmtpReply, type ReportAction } from '../rules/dsn-policy.ts';
+import type { Envelope } from '../types.ts';
 
 export interface ReportRecipient {
   recipient: string;

@@ -1,7 +1,7 @@
 import { readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DeadLetter, DeadLetters } from './broker.ts';
-import type { Envelope, ReceivedMail } from './types.ts';
+import type { Envelope, ReceivedMail } from '../types.ts';
 
 const SAFE_ID = /^[A-Za-z0-9._:-]{1,100}$/;
 

@@ -1,6 +1,6 @@
 import { domainToASCII } from 'node:url';
-import { splitAddress } from '@backupmx/shared/address.ts';
-import type { SmtpReply } from '@backupmx/shared/smtp-reply.ts';
+import { splitAddress } from './address.ts';
+import type { SmtpReply } from './smtp-reply.ts';
 
 /**
  * Decide whether we take a recipient. We relay only to the domains we back up, and refuse any
