@@ -240,6 +240,12 @@ export function formatTarget(target: Target): string {
 }
 
 const KEYS = new Set(Object.keys(configSchema.shape));
+const given = new WeakMap<Config, ReadonlySet<string>>();
+
+/** The settings the environment or the config file gave (the others are defaults). */
+export function givenSettings(config: Config): ReadonlySet<string> {
+  return given.get(config) ?? new Set();
+}
 
 /**
  * Build the configuration from the file named by BACKUPMX_CONFIG (YAML or JSON, same keys) and the
@@ -272,5 +278,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const unknown = issue?.code === 'unrecognized_keys' ? `unknown setting ${issue.keys.join(', ')}` : null;
     throw new ConfigError(unknown ?? `${key}: ${message}`);
   }
+  given.set(result.data, new Set(Object.keys(raw)));
   return result.data;
 }
