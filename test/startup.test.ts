@@ -45,7 +45,7 @@ describe('start-up errors', () => {
     ['PRIMARY missing', { RELAY_DOMAINS: 'example.test' }, /^backupmx all: configuration: PRIMARY: is required\n$/],
     ['SMTP_PORT not a number', { ...good, SMTP_PORT: 'twenty-five' }, /^backupmx all: configuration: SMTP_PORT: expected a whole number from 0 to 65535\n$/],
     ['QUEUE_LIFETIME not a duration', { ...good, QUEUE_LIFETIME: 'a while' }, /^backupmx all: configuration: QUEUE_LIFETIME: expected a duration such as 30s, 5m, 1h or 5d\n$/],
-    ['AMQP_URL of the wrong scheme', { ...good, AMQP_URL: 'http://127.0.0.1:5672' }, /^backupmx all: configuration: AMQP_URL: expected amqp:\/\/user:pass@host:port\/vhost\n$/],
+    ['AMQP_URL of the wrong scheme', { ...good, AMQP_URL: 'http://127.0.0.1:5672' }, /^backupmx all: configuration: AMQP_URL: expected amqp:\/\/host:port\/vhost \(the user and password may go in AMQP_USER and AMQP_PASSWORD, taken literally\)\n$/],
     ['a config file that does not exist', { ...good, BACKUPMX_CONFIG: '/nonexistent/backupmx.yml' }, /^backupmx all: configuration: BACKUPMX_CONFIG: cannot read \/nonexistent\/backupmx.yml: .*\n$/],
   ];
   for (const [what, env, expected] of bad) {

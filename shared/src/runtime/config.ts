@@ -118,7 +118,10 @@ export const configSchema = z.strictObject({
   SMTP_HOSTNAME: z.string().min(1).default(hostname()),
   HTTP_HOST: z.string().default('0.0.0.0'),
   HTTP_PORT: port.default(8025),
-  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://user:pass@host:port/vhost' }).optional(),
+  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://host:port/vhost (the user and password may go in AMQP_USER and AMQP_PASSWORD, taken literally)' }).optional(),
+  /** RabbitMQ user and password taken literally (no URL encoding), instead of those in AMQP_URL. */
+  AMQP_USER: z.string().min(1).optional(),
+  AMQP_PASSWORD: z.string().min(1).optional(),
   MONGODB_URL: z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected mongodb://host:port/db' }).optional(),
   DATA_DIR: z.string().min(1).default('./data'),
   SMARTHOST: targetText.optional(),

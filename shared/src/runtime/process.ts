@@ -51,8 +51,21 @@ export function requireSharedDataDir(config: Config, service: string): void {
   process.exit(78);
 }
 
+/**
+ * AMQP_USER / AMQP_PASSWORD, when given, replace the URL's user and password, taken literally: a
+ * password holding `@ : / % #` or a space needs no URL encoding (issue 13). The other one of the
+ * pair comes from the URL (decoded, as amqplib does), else RabbitMQ's default `guest`.
+ */
+export function brokerCredentials(config: Pick<Config, 'AMQP_URL' | 'AMQP_USER' | 'AMQP_PASSWORD'>): { user: string; password: string } | undefined {
+  if (config.AMQP_USER === undefined && config.AMQP_PASSWORD === undefined) return undefined;
+  const url = new URL(config.AMQP_URL ?? 'amqp://localhost');
+  const fromUrl = (text: string) => (text === '' ? 'guest' : decodeURIComponent(text));
+  return { user: config.AMQP_USER ?? fromUrl(url.username), password: config.AMQP_PASSWORD ?? fromUrl(url.password) };
+}
+
 export async function connectBroker(config: Config, name: string, log: Logger): Promise<Broker> {
-  const broker = createAmqpBroker({ url: requireBroker(config, name), name: `backupmx-${name}`, confirmTimeoutMs: config.PUBLISH_TIMEOUT, log });
+  const credentials = brokerCredentials(config);
+  const broker = createAmqpBroker({ url: requireBroker(config, name), ...(credentials ? { credentials } : {}), name: `backupmx-${name}`, confirmTimeoutMs: config.PUBLISH_TIMEOUT, log });
   await broker.start();
   return broker;
 }
