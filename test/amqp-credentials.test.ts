@@ -68,7 +68,7 @@ describe('RabbitMQ credentials taken literally (AMQP_USER, AMQP_PASSWORD)', () =
 
     it('logs in with it and passes mail end to end through RabbitMQ', async () => {
       service = spawnService('all', 'all', env, join(dir.path, 'logs'));
-      await waitReady(service, 120_000);
+      await waitReady(service);
       const connections = execFileSync('rabbitmqctl', ['-q', 'list_connections', 'user', 'vhost'], { encoding: 'utf8', timeout: 60_000 });
       assert.ok(connections.split('\n').some((line) => line.startsWith(`${user}\t${vhost.name}`)), `a connection as ${user} on ${vhost.name}:\n${connections}`);
       const sent = await sendMessages(Number(env.SMTP_PORT), 3);

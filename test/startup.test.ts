@@ -9,7 +9,7 @@ import { tempDir } from './support/util.ts';
 
 /** What an administrator sees when the configuration is wrong: one line naming the key, exit 78. */
 function run(entry: keyof typeof ENTRY, env: Record<string, string>, as: { uid?: number; gid?: number } = {}) {
-  const result = spawnSync(process.execPath, [join(ROOT, ENTRY[entry])], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 30_000, ...as });
+  const result = spawnSync(process.execPath, [join(ROOT, ENTRY[entry])], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 120_000, ...as });
   return { code: result.status, stderr: result.stderr, stdout: result.stdout };
 }
 

@@ -174,7 +174,7 @@ describe('upgrades keep the queue (SQLite store)', () => {
 describe('store files this build cannot use are refused, untouched', () => {
   const good = { RELAY_DOMAINS: 'example.test', PRIMARY: '127.0.0.1:2526', SMTP_HOST: '127.0.0.1', SMTP_PORT: '0', HTTP_HOST: '127.0.0.1', HTTP_PORT: '0' };
   function start(dataDir: string) {
-    const result = spawnSync(process.execPath, [join(ROOT, ENTRY.all)], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...good, DATA_DIR: dataDir }, encoding: 'utf8', timeout: 30_000 });
+    const result = spawnSync(process.execPath, [join(ROOT, ENTRY.all)], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...good, DATA_DIR: dataDir }, encoding: 'utf8', timeout: 120_000 });
     return { code: result.status, stderr: result.stderr };
   }
   const one = { id: 'M9', from: 'a@origin.test', receivedAt: 1, body: body('M9'), recipients: [{ address: 'x@example.test', route: '127.0.0.1:2526', state: 'queued' as const }] };
