@@ -26,6 +26,9 @@ COPY bin bin
 # The code stays root's (read-only to the service); only DATA_DIR is writable (SQLite spool and
 # dead letters when no MONGODB_URL / AMQP_URL is given).
 RUN mkdir -p /app/data && chown node:node /app/data
+# The SQLite spool of `docker run IMAGE`: keep it with -v backupmx-data:/app/data (a named volume;
+# a host folder must be writable by uid 1000), or it goes with the container.
+VOLUME /app/data
 USER node
 EXPOSE 2525 8025
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

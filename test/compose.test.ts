@@ -1,13 +1,15 @@
 /**
- * docker-compose.yml, .env and the Dockerfile, checked without a Docker engine (none runs here):
- * parsed and checked against what the README documents, then every backupmx service compose declares
+ * docker-compose.yml, .env and the Dockerfile, checked without a Docker engine (in `npm test`; the
+ * stack itself runs on a real engine in `npm run test:compose`, test/docker/compose-up.ts): parsed
+ * and checked against what the README documents, then every backupmx service compose declares
  * started as a local process with the environment compose gives it (as many instances as it
  * declares), and mail passed end to end through them.
  *
  * What differs from `docker compose up`: service host names are 127.0.0.1; RabbitMQ is the local one
  * on a virtual host of this test's own; the primary (mailpit in the demo profile) is an smtp-server
- * in this test; Jaeger is a local OTLP sink; and MONGODB_URL is dropped, so the store is SQLite in
- * one shared DATA_DIR, because no MongoDB server can run here.
+ * in this test; Jaeger is a local OTLP sink; the services log in as guest (AMQP_USER/AMQP_PASSWORD
+ * dropped); and MONGODB_URL is dropped, so the store is SQLite in one shared DATA_DIR, because no
+ * MongoDB server can run here.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -60,7 +62,7 @@ describe('compose variable interpolation (as docker compose does it)', () => {
   });
 });
 
-describe('docker-compose.yml, .env and the Dockerfile (parsed: no Docker engine runs here)', () => {
+describe('docker-compose.yml, .env and the Dockerfile (parsed; npm run test:compose runs them on an engine)', () => {
   it('declares the four backupmx services, RabbitMQ, MongoDB, Jaeger, Prometheus, Grafana, and Mailpit in the demo profile only', () => {
     assert.deepEqual(OURS.sort(), ['deliverer', 'health', 'ingress', 'spool']);
     assert.deepEqual(Object.keys(raw.services).sort(), ['deliverer', 'grafana', 'health', 'ingress', 'jaeger', 'mailpit', 'mongodb', 'prometheus', 'rabbitmq', 'spool']);
@@ -126,12 +128,34 @@ describe('docker-compose.yml, .env and the Dockerfile (parsed: no Docker engine 
     assert.match(mongodb.healthcheck?.test.join(' ') ?? '', /rs\.initiate\(\{ _id: 'rs0', members: \[\{ _id: 0, host: 'mongodb:27017' \}\] \}\)/);
     for (const name of OURS) {
       if (name !== 'health') assert.equal(service(name).environment?.MONGODB_URL, 'mongodb://mongodb:27017/backupmx?replicaSet=rs0');
-      assert.match(service(name).environment?.AMQP_URL ?? '', /^amqp:\/\/[^:]+:[^@]+@rabbitmq:5672\/$/);
+      // The credentials travel apart from the URL, taken literally (any password works: issue 13).
+      assert.equal(service(name).environment?.AMQP_URL, 'amqp://rabbitmq:5672/');
+      assert.equal(raw.services[name]?.environment?.AMQP_USER, '${RABBITMQ_USER}');
+      assert.equal(raw.services[name]?.environment?.AMQP_PASSWORD, '${RABBITMQ_PASSWORD}');
     }
     assert.ok(mongodb.volumes?.includes('mongodb-data:/data/db'));
     assert.ok(service('rabbitmq').volumes?.includes('rabbitmq-data:/var/lib/rabbitmq'));
-    assert.equal(service('rabbitmq').environment?.RABBITMQ_DEFAULT_USER, dotenv.RABBITMQ_USER, 'the services log in with the account RabbitMQ creates');
-    for (const volume of ['rabbitmq-data', 'mongodb-data']) assert.ok(volume in (raw.volumes ?? {}), `volume ${volume} declared`);
+    assert.equal(raw.services['rabbitmq']?.environment?.RABBITMQ_DEFAULT_USER, '${RABBITMQ_USER}', 'the services log in with the account RabbitMQ creates');
+    assert.equal(raw.services['rabbitmq']?.environment?.RABBITMQ_DEFAULT_PASS, '${RABBITMQ_PASSWORD}');
+    for (const volume of ['rabbitmq-data', 'mongodb-data', 'spool-data']) assert.ok(volume in (raw.volumes ?? {}), `volume ${volume} declared`);
+  });
+
+  it('SQLite mode (MONGODB_URL empty): spool, deliverers and ingress share one DATA_DIR volume', () => {
+    for (const name of ['ingress', 'spool', 'deliverer']) {
+      assert.equal(service(name).environment?.DATA_DIR, '/app/data', `${name}: DATA_DIR given (a spool or deliverer on its own refuses SQLite without it)`);
+      assert.ok(service(name).volumes?.includes('spool-data:/app/data'), `${name} mounts spool-data at DATA_DIR`);
+    }
+    assert.equal(raw.services['spool']?.environment?.MONGODB_URL, '${MONGODB_URL}', 'the store is chosen in .env');
+    assert.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), /^VOLUME \/app\/data$/m, 'docker run IMAGE keeps its spool in a volume');
+  });
+
+  it('gives RabbitMQ an absolute memory watermark under its container limit', () => {
+    const mount = service('rabbitmq').volumes?.find((v) => v.startsWith('./deploy/rabbitmq/'));
+    assert.equal(mount, './deploy/rabbitmq/backupmx.conf:/etc/rabbitmq/conf.d/30-backupmx.conf:ro');
+    const conf = readFileSync(join(ROOT, 'deploy/rabbitmq/backupmx.conf'), 'utf8');
+    const watermark = /^vm_memory_high_watermark\.absolute = (\d+)MiB$/m.exec(conf)?.[1];
+    const limit = /^(\d+)g$/.exec(service('rabbitmq').deploy?.resources?.limits?.memory ?? '')?.[1];
+    assert.ok(watermark && limit && Number(watermark) < 0.7 * Number(limit) * 1024, `watermark ${watermark} MiB well under the ${limit} GiB limit`);
   });
 
   it('publishes SMTP on host port 25 to ingress 2525, and the web UIs on the UI address only', () => {
@@ -156,7 +180,7 @@ describe('docker-compose.yml, .env and the Dockerfile (parsed: no Docker engine 
     assert.match(dockerfile, /^HEALTHCHECK .*\\\n\s+CMD .*\/readyz/m);
     assert.match(dockerfile, /^ENTRYPOINT \["node"\]$/m);
     const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n');
-    for (const path of ['node_modules', '.env', '.git', 'data']) assert.ok(ignored.includes(path), `.dockerignore leaves out ${path}`);
+    for (const path of ['node_modules', '**/node_modules', '.env', '.git', 'data']) assert.ok(ignored.includes(path), `.dockerignore leaves out ${path}`);
     // Every file the image's COPY lines name exists.
     for (const [, source] of dockerfile.matchAll(/^COPY (?!--from)(\S+)/gm)) assert.ok(existsSync(join(ROOT, source ?? '')), `COPY ${source}`);
   });
@@ -185,13 +209,13 @@ describe('the compose stack as local processes (store: SQLite instead of MongoDB
       'jaeger:4318': `127.0.0.1:${(otlp.address() as AddressInfo).port}`,
     };
     for (const name of OURS) {
-      const { MONGODB_URL: _dropped, ...composeEnv } = service(name).environment ?? {};
+      const { MONGODB_URL: _dropped, AMQP_USER: _user, AMQP_PASSWORD: _password, ...composeEnv } = service(name).environment ?? {};
       const replicas = service(name).deploy?.replicas ?? 1;
       for (let i = 1; i <= replicas; i++) {
         const env: Record<string, string> = Object.fromEntries(
           Object.entries(composeEnv).map(([key, value]) => [key, Object.entries(local).reduce((text, [from, to]) => text.replaceAll(from, to), value)]),
         );
-        env.AMQP_URL = vhost.url; // the local RabbitMQ, on this test's virtual host
+        env.AMQP_URL = vhost.url; // the local RabbitMQ, on this test's virtual host, as guest (test:compose runs compose's account)
         env.DATA_DIR = join(dir.path, 'data'); // one SQLite spool shared by every process
         env.HTTP_PORT = String(await listenPort());
         if (name === 'ingress') {

@@ -93,7 +93,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       if (limited) return refuse(callback, limited, { client }, 'connection refused: limit');
       const dnsbl = config.DNSBL_ZONES.length ? findListing(client, config.DNSBL_ZONES, deps.resolver) : null;
       sessions.set(session, { counted: client, dnsbl, messageCounted: false });
-      log.debug({ client, session: session.id }, 'connect');
+      log.info({ client, session: session.id }, 'connect'); // the address we saw: through docker-proxy, the bridge gateway's
       callback();
     },
 

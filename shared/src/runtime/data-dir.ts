@@ -3,6 +3,7 @@
  * SQLite tries (whose own word for every such problem is "unable to open database file").
  */
 import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { ConfigError } from './config.ts';
 
 function reason(error: unknown): string {
@@ -20,30 +21,31 @@ function user(): string {
 }
 
 /**
- * Make sure `dir` exists (creating it) and is a directory this process may write; `file`, when it
+ * Make sure `given` (DATA_DIR) exists (creating it) and is a directory this process may write; `file`, when it
  * exists, must be readable and writable too. Throws ConfigError naming DATA_DIR.
  */
-export function checkDataDir(dir: string, file?: string): void {
+export function checkDataDir(given: string, file?: string): void {
+  const shown = resolve(given) === given ? given : `${given} (${resolve(given)})`; // ./data (/app/data)
   let stat;
   try {
-    stat = statSync(dir, { throwIfNoEntry: false });
+    stat = statSync(given, { throwIfNoEntry: false });
   } catch (error) {
-    throw new ConfigError(`DATA_DIR: cannot reach ${dir}: ${reason(error)} (running as ${user()})`);
+    throw new ConfigError(`DATA_DIR: cannot reach ${shown}: ${reason(error)} (running as ${user()})`);
   }
   if (!stat) {
     try {
-      mkdirSync(dir, { recursive: true });
+      mkdirSync(given, { recursive: true });
     } catch (error) {
-      throw new ConfigError(`DATA_DIR: cannot create ${dir}: ${reason(error)} (running as ${user()})`);
+      throw new ConfigError(`DATA_DIR: cannot create ${shown}: ${reason(error)} (running as ${user()})`);
     }
-    stat = statSync(dir);
+    stat = statSync(given);
   }
-  if (!stat.isDirectory()) throw new ConfigError(`DATA_DIR: ${dir} is not a directory`);
+  if (!stat.isDirectory()) throw new ConfigError(`DATA_DIR: ${shown} is not a directory`);
   try {
-    accessSync(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+    accessSync(given, constants.R_OK | constants.W_OK | constants.X_OK);
   } catch (error) {
     const owner = `it belongs to uid ${stat.uid}, mode ${(stat.mode & 0o777).toString(8).padStart(4, '0')}`;
-    throw new ConfigError(`DATA_DIR: ${dir} is not writable: ${reason(error)} (running as ${user()}; ${owner})`);
+    throw new ConfigError(`DATA_DIR: ${shown} is not writable: ${reason(error)} (running as ${user()}; ${owner})`);
   }
   if (file === undefined) return;
   try {
