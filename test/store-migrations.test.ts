@@ -90,34 +90,32 @@ async function upgradeAndDeliver(write: (path: string, route: string) => OldMess
   }
 }
 
+/**
+ * What a spool holds at upgrade time, in any format: A (two queued recipients, one tried and
+ * deferred), B (one recipient delivered, one deferred; the null sender), C (a failed record); ids
+ * prefixed by the format. Expected at the primary: A to both, B to b2.
+ */
+function queueAtUpgrade(prefix: string, route: string, now: number): OldMessage[] {
+  const message = (id: string, offset: number, from: string, recipients: OldMessage['recipients']): OldMessage => ({ id: `${prefix}${id}`, from, receivedAt: now - HOUR + offset, body: body(`${prefix}${id}`), recipients });
+  return [
+    message('A', 0, 'sender@origin.test', [
+      { address: 'a1@example.test', route, state: 'queued' },
+      { address: 'a2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 30 * 60_000, nextAttemptAt: now - 60_000, lastReply: '451 4.3.0 try later' },
+    ]),
+    message('B', 1, '', [
+      { address: 'b1@example.test', route, state: 'delivered', attempts: 1, lastAttemptAt: now - 50 * 60_000, lastReply: '250 2.0.0 Ok' },
+      { address: 'b2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 50 * 60_000, nextAttemptAt: now - 1000, lastReply: '452 4.2.2 over quota' },
+    ]),
+    message('C', 2, 'sender@origin.test', [{ address: 'c1@example.test', route, state: 'failed', attempts: 1, lastAttemptAt: now - 40 * 60_000, lastReply: '550 5.1.1 no such user' }]),
+  ];
+}
+
 describe('upgrades keep the queue (SQLite store)', () => {
   it('a spool in format 2 (0.1.0) is opened as it is and its queued mail is delivered', async () => {
     const now = Date.now();
     const { views, log, version } = await upgradeAndDeliver((path, route) => {
-      const messages: OldMessage[] = [
-        {
-          id: 'M2A',
-          from: 'sender@origin.test',
-          receivedAt: now - HOUR,
-          body: body('M2A'),
-          recipients: [
-            { address: 'a1@example.test', route, state: 'queued' },
-            { address: 'a2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 30 * 60_000, nextAttemptAt: now - 60_000, lastReply: '451 4.3.0 try later' },
-          ],
-        },
-        {
-          id: 'M2B',
-          from: '',
-          receivedAt: now - HOUR + 1,
-          body: body('M2B'),
-          recipients: [
-            { address: 'b1@example.test', route, state: 'delivered', attempts: 1, lastAttemptAt: now - 50 * 60_000, lastReply: '250 2.0.0 Ok' },
-            { address: 'b2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 50 * 60_000, nextAttemptAt: now - 1000, lastReply: '452 4.2.2 over quota' },
-          ],
-        },
-        { id: 'M2C', from: 'sender@origin.test', receivedAt: now - HOUR + 2, body: body('M2C'), recipients: [{ address: 'c1@example.test', route, state: 'failed', attempts: 1, lastAttemptAt: now - 40 * 60_000, lastReply: '550 5.1.1 no such user' }] },
-        { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] },
-      ];
+      const held: OldMessage = { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
+      const messages = [...queueAtUpgrade('M2', route, now), held];
       writeSqliteV2(path, messages);
       return messages;
     }, { M2A: ['a1@example.test', 'a2@example.test'], M2B: ['b2@example.test'] });
@@ -134,29 +132,7 @@ describe('upgrades keep the queue (SQLite store)', () => {
   it('a spool in format 1 (pre-release builds) is migrated at start-up and its queued mail is delivered', async () => {
     const now = Date.now();
     const { views, log, version } = await upgradeAndDeliver((path, route) => {
-      const messages: OldMessage[] = [
-        {
-          id: 'M1A',
-          from: 'sender@origin.test',
-          receivedAt: now - HOUR,
-          body: body('M1A'),
-          recipients: [
-            { address: 'a1@example.test', route, state: 'queued' },
-            { address: 'a2@example.test', route, state: 'queued', attempts: 2, lastAttemptAt: now - 30 * 60_000, nextAttemptAt: now - 60_000, lastReply: '451 4.3.0 try later' },
-          ],
-        },
-        {
-          id: 'M1B',
-          from: '',
-          receivedAt: now - HOUR + 1,
-          body: body('M1B'),
-          recipients: [
-            { address: 'b1@example.test', route, state: 'delivered' },
-            { address: 'b2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 50 * 60_000, nextAttemptAt: now - 1000, lastReply: '452 4.2.2 over quota' },
-          ],
-        },
-        { id: 'M1C', from: 'sender@origin.test', receivedAt: now - HOUR + 2, body: body('M1C'), recipients: [{ address: 'c1@example.test', route, state: 'failed', attempts: 1, lastAttemptAt: now - 40 * 60_000, lastReply: '550 5.1.1 no such user' }] },
-      ];
+      const messages = queueAtUpgrade('M1', route, now);
       writeSqliteV1(path, messages);
       return messages;
     }, { M1A: ['a1@example.test', 'a2@example.test'], M1B: ['b2@example.test'] });
