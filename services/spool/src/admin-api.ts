@@ -5,11 +5,11 @@ import { z } from 'zod';
 import type { Broker } from '@backupmx/shared/broker/broker.ts';
 import type { Config } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
-import { routeForRecipient } from '@backupmx/shared/rules/routing.ts';
 import type { MessageDetail, MessageSummary, Store } from '@backupmx/shared/store/store.ts';
 import type { Delivery } from '@backupmx/shared/types.ts';
 import { adminAuth } from './admin-auth.ts';
 import { ACTIONS, applyAction, matchingIds, MAX_BULK, type Action } from './bulk.ts';
+import { flushDomain } from './flush.ts';
 import { wallSettings, walls } from './http-walls.ts';
 import type { PrimaryTracker } from './primaries.ts';
 import { filterFields, firstIssue, listFilterOf } from './queue-filter.ts';
@@ -218,16 +218,10 @@ export function adminRouter(deps: AdminDeps): Router {
   router.post('/flush', async (req, res) => {
     const body = parse(z.strictObject({ domain: z.string().trim().min(1, 'expected a domain').optional() }), req.body ?? {});
     const domain = body.domain ?? (typeof req.query.domain === 'string' ? req.query.domain.trim() : undefined);
-    let route: string | undefined;
-    if (domain !== undefined) {
-      const name = domain.toLowerCase().replace(/\.$/, '');
-      if (!config.RELAY_DOMAINS.includes(name)) throw new HttpError(400, `domain: ${name} is not one of RELAY_DOMAINS`);
-      route = routeForRecipient(`postmaster@${name}`, config);
-    }
-    if (!broker.connected()) throw new HttpError(503, 'the message broker is not connected; nothing was flushed');
-    broker.publishEvent('queue.flush', route === undefined ? {} : { route });
-    log.info({ route: route ?? 'all', domain, ...caller(req, config.ADMIN_TOKEN) }, 'admin: flush');
-    res.status(202).json({ flushed: route ?? 'all', ...(domain !== undefined ? { domain } : {}) });
+    const flushed = flushDomain(config, broker, domain);
+    if ('error' in flushed) throw new HttpError(flushed.status, flushed.error);
+    log.info({ route: flushed.route, domain, ...caller(req, config.ADMIN_TOKEN) }, 'admin: flush');
+    res.status(202).json({ flushed: flushed.route, ...(domain !== undefined ? { domain } : {}) });
   });
 
   router.get('/primaries', (_req, res) => {
