@@ -91,10 +91,16 @@ const primaryList = (empty: string) =>
   );
 
 /** A domain viewer of the web console: a user name and a password hash from `backupmx hash-password`. */
-const viewers = z.record(
-  z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'expected user names of letters, digits, dot, dash or underscore'),
-  z.string().refine((text) => parsePasswordHash(text) !== null, 'expected a password hash made by `backupmx hash-password` ($scrypt$ln=...)'),
-);
+const viewers = z
+  .record(
+    z.string(),
+    z.string().refine((text) => parsePasswordHash(text) !== null, 'expected a password hash made by `backupmx hash-password` ($scrypt$ln=...)'),
+  )
+  .superRefine((names, ctx) => {
+    for (const name of Object.keys(names)) {
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'expected a user name of letters, digits, dot, dash or underscore' });
+    }
+  });
 
 const domainSettings = z
   .strictObject({
