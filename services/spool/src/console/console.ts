@@ -96,7 +96,7 @@ export function consoleRouter(deps: ConsoleDeps): Router {
   router.use(
     helmet({
       contentSecurityPolicy: { useDefaults: false, directives: PAGE_CSP },
-      referrerPolicy: { policy: 'no-referrer' },
+      referrerPolicy: { policy: 'same-origin' }, // no-referrer would make Chrome send Origin: null on our own forms
       strictTransportSecurity: httpsPublic,
       crossOriginEmbedderPolicy: false,
     }),
@@ -228,13 +228,15 @@ export function consoleRouter(deps: ConsoleDeps): Router {
     return (await broker.dead.list(0).catch(() => null))?.total ?? null;
   }
 
-  const asQuery = (input: Record<string, unknown>) =>
-    Object.fromEntries(Object.entries(input).flatMap(([key, value]) => (typeof value === 'string' && key in filterFields ? [[key, value]] : [])));
+  /** The filter fields of a query string or form, without empty ones. */
+  const asQuery = (input: Record<string, unknown>): Record<string, string> =>
+    Object.fromEntries(Object.entries(input).flatMap(([key, value]) => (typeof value === 'string' && value.trim() !== '' && key in filterFields ? [[key, value.trim()]] : [])));
 
   router.get('/queue', async (req, res) => {
     const principal = principalOf(res);
+    // An empty field of the filter form means "any".
     const query = asQuery(req.query as Record<string, unknown>);
-    const parsed = queueQuery.safeParse(req.query);
+    const parsed = queueQuery.safeParse({ ...query, ...(typeof req.query.offset === 'string' ? { offset: req.query.offset } : {}) });
     const at = now();
     const base = { now: at, principal, csrf: res.locals.session?.csrf ?? '', query, domains: config.RELAY_DOMAINS, limit: PAGE_SIZE };
     const title = isOperator(principal) ? 'Queue' : `Mail for ${principal.domain}`;

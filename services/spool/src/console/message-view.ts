@@ -33,8 +33,21 @@ const POLICY: sanitizeHtml.IOptions = {
   allowedSchemesAppliedToAttributes: ['href', 'src', 'cite', 'action', 'background', 'poster'],
   allowProtocolRelative: false,
   disallowedTagsMode: 'discard',
-  transformTags: { a: sanitizeHtml.simpleTransform('a', { target: '_blank', rel: 'noopener noreferrer' }) },
+  transformTags: {
+    '*': (tagName, attribs) => ({ tagName, attribs: withoutRemote(attribs) }),
+    a: (tagName, attribs) => ({ tagName, attribs: { ...withoutRemote(attribs), target: '_blank', rel: 'noopener noreferrer' } }),
+    img: (tagName, attribs) => {
+      const { src, ...rest } = withoutRemote(attribs);
+      return { tagName, attribs: src?.trim().toLowerCase().startsWith('data:') ? { ...rest, src } : rest };
+    },
+  },
 };
+
+/** CSS url(...) in a style attribute could fetch from anywhere: gone (the frame's CSP would block it too). */
+function withoutRemote(attribs: sanitizeHtml.Attributes): sanitizeHtml.Attributes {
+  if (attribs.style === undefined) return attribs;
+  return { ...attribs, style: attribs.style.replace(/url\s*\([^)]*\)?/gi, 'none').replace(/@import|image-set\s*\(|expression\s*\(/gi, '') };
+}
 
 export function cleanHtml(html: string): string {
   return sanitizeHtml(html, POLICY);

@@ -37,7 +37,7 @@ export function document(frame: Frame, body: Node, options: { refresh?: boolean 
     <head>
       <meta charset="utf-8" />
       <meta name="viewport" content="width=device-width, initial-scale=1" />
-      <meta name="referrer" content="no-referrer" />
+      <meta name="referrer" content="same-origin" />
       <title>${frame.title} · backupmx ${frame.host}</title>
       <link rel="stylesheet" href="/assets/console.css" />
       <script src="/assets/console.js" defer></script>
