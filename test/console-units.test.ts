@@ -202,7 +202,7 @@ describe('console sessions', () => {
     const dir = tempDir();
     const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
     try {
-      const sessions = createSessions(store, 60_000, false);
+      const sessions = createSessions(store, 60_000, ['backupmx.example.com']);
       const cookies: Array<[string, string, Record<string, unknown>]> = [];
       const res = { cookie: (name: string, value: string, options: Record<string, unknown>) => cookies.push([name, value, options]), clearCookie: () => {} };
       const request = (cookie: string, headers: Record<string, string> = {}) => ({ secure: false, get: (name: string) => (name === 'cookie' ? cookie : headers[name]) }) as never;
@@ -219,6 +219,8 @@ describe('console sessions', () => {
       assert.equal(await sessions.read(request(`backupmx_session=${token}`), 3000), null, 'signed out');
       await sessions.create(request(''), res as never, { role: 'operator', user: 'admin' }, 'fp', 1000);
       assert.equal(cookies[1]?.[2].secure, false, 'plain HTTP: not Secure');
+      await sessions.create(request('', { host: 'BackupMX.example.com' }), res as never, { role: 'operator', user: 'admin' }, 'fp', 1000);
+      assert.equal(cookies[2]?.[2].secure, true, 'the name of an https PUBLIC_URL (a TLS proxy in front)');
     } finally {
       await store.close();
       dir.remove();

@@ -60,7 +60,7 @@ export function listFilterOf(input: FilterInput, now: number): ListFilter {
 /** The first problem of a failed parse, one line naming the parameter. */
 export function firstIssue(error: z.ZodError): string {
   const issue = error.issues[0];
-  if (issue?.code === 'unrecognized_keys') return `unknown parameter ${issue.keys.join(', ')}`;
   const key = issue?.path.map(String).join('.') || 'request';
+  if (issue?.code === 'unrecognized_keys') return `${issue.path.length ? `${key}: ` : ''}unknown parameter ${issue.keys.join(', ')}`;
   return `${key}: ${issue?.message ?? 'is invalid'}`;
 }

@@ -72,8 +72,9 @@ export function consoleRouter(deps: ConsoleDeps): Router {
   const { config, store, broker, primaries, log } = deps;
   const now = deps.now ?? Date.now;
   const { names, publicOrigins } = wallSettings(config);
-  const httpsPublic = config.PUBLIC_URL.some((url) => url.startsWith('https:'));
-  const sessions = createSessions(store, config.CONSOLE_SESSION_LIFETIME, httpsPublic);
+  const httpsNames = config.PUBLIC_URL.filter((url) => url.startsWith('https:')).map((url) => new URL(url).hostname.toLowerCase());
+  const httpsPublic = httpsNames.length > 0;
+  const sessions = createSessions(store, config.CONSOLE_SESSION_LIFETIME, httpsNames);
   const limits = createSignInLimits();
   const anyViewers = Object.values(config.domains).some((settings) => Object.keys(settings.VIEWERS ?? {}).length > 0);
   const router = express.Router();

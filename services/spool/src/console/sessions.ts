@@ -30,14 +30,16 @@ export function cookiesOf(req: Request): Record<string, string | undefined> {
 
 /**
  * Secure cookies when the browser talks TLS to us or to a proxy in front (X-Forwarded-Proto; a
- * client that fakes it only stops getting its own cookie back), or PUBLIC_URL is https.
+ * client that fakes it only stops getting its own cookie back), or uses a name of an https
+ * PUBLIC_URL (`httpsNames`).
  */
-export function secureRequest(req: Request, httpsPublic: boolean): boolean {
-  return httpsPublic || req.secure || /^https\b/i.test(req.get('x-forwarded-proto') ?? '');
+export function secureRequest(req: Pick<Request, 'secure' | 'get'>, httpsNames: readonly string[]): boolean {
+  const host = (req.get('host') ?? '').toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
+  return req.secure || /^https\b/i.test(req.get('x-forwarded-proto') ?? '') || httpsNames.includes(host);
 }
 
-export function createSessions(store: Store, lifetimeMs: number, httpsPublic: boolean) {
-  const cookieOptions = (req: Request, maxAge: number) => ({ httpOnly: true, sameSite: 'strict' as const, secure: secureRequest(req, httpsPublic), path: '/', maxAge });
+export function createSessions(store: Store, lifetimeMs: number, httpsNames: readonly string[]) {
+  const cookieOptions = (req: Request, maxAge: number) => ({ httpOnly: true, sameSite: 'strict' as const, secure: secureRequest(req, httpsNames), path: '/', maxAge });
   return {
     async create(req: Request, res: Response, principal: Principal, credential: string, now: number): Promise<Session> {
       const token = newToken();
