@@ -66,8 +66,8 @@ describe('docker compose on a real engine (npm run test:compose)', () => {
     });
   }
 
-  /** Wait until exactly these services run, `count` containers each, every one healthy. */
-  async function healthy(expected: Record<string, number>, what: string, timeoutMs = 6 * MIN): Promise<Container[]> {
+  /** Wait until exactly these services run, `count` containers each, every one healthy (a loaded 2-core machine took 7 minutes). */
+  async function healthy(expected: Record<string, number>, what: string, timeoutMs = 10 * MIN): Promise<Container[]> {
     let last: Container[] = [];
     try {
       return await waitFor(what, async () => {
