@@ -10,6 +10,7 @@ import { startIngress } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
 import { createSweeper } from '../../services/spool/src/sweep.ts';
 import { createDeliverer, type DelivererOptions } from '../../services/deliverer/src/deliverer.ts';
+import type { Logger } from '../../shared/src/runtime/logger.ts';
 import { freePort, tempDir } from './util.ts';
 
 export interface PeerMessage {
@@ -20,6 +21,8 @@ export interface PeerMessage {
   mailArgs: Record<string, unknown>;
   /** RCPT TO parameters per recipient. */
   rcptArgs: Record<string, Record<string, unknown>>;
+  /** The message came over TLS (STARTTLS). */
+  secure: boolean;
 }
 
 /**
@@ -43,13 +46,16 @@ function replyErrorOf(reply: string): Error & { responseCode: number } {
 
 /**
  * A real SMTP server (smtp-server) playing a primary or a smarthost: records every message it
- * accepts with its envelope and DSN parameters.
+ * accepts with its envelope and DSN parameters. With `setup.tls` (PEM key and certificate) it
+ * offers STARTTLS; `setup.port` listens on that port (a peer restarted in place).
  */
-export async function startPeer(behaviour: PeerBehaviour = {}) {
+export async function startPeer(behaviour: PeerBehaviour = {}, setup: { tls?: { key: string; cert: string }; port?: number } = {}) {
   const messages: PeerMessage[] = [];
   let connections = 0;
+  let mailCommands = 0;
   const server: SMTPServer = new SMTPServer({
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    disabledCommands: setup.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    ...(setup.tls ? { key: setup.tls.key, cert: setup.tls.cert } : {}),
     logger: false,
     closeTimeout: 500,
     hideENHANCEDSTATUSCODES: false,
@@ -57,6 +63,10 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
     onConnect(_session, callback) {
       connections += 1;
       if (behaviour.greeting) return callback(replyErrorOf(behaviour.greeting));
+      callback();
+    },
+    onMailFrom(_address, _session, callback) {
+      mailCommands += 1;
       callback();
     },
     onRcptTo(address, _session, callback) {
@@ -85,6 +95,7 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
           raw: Buffer.concat(chunks),
           mailArgs: { ...((mailFrom && mailFrom.args) || {}) },
           rcptArgs: Object.fromEntries(session.envelope.rcptTo.map((rcpt) => [rcpt.address, { ...(rcpt.args || {}) }])),
+          secure: session.secure,
         });
         callback();
       });
@@ -93,13 +104,15 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
   server.on('error', () => {});
   await new Promise<void>((resolve, reject) => {
     server.server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    server.listen(setup.port ?? 0, '127.0.0.1', () => resolve());
   });
   return {
     port: (server.server.address() as AddressInfo).port,
     messages,
     behaviour,
     connections: () => connections,
+    /** MAIL FROM commands the peer has seen (also of transactions it did not complete). */
+    mailCommands: () => mailCommands,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
@@ -109,9 +122,10 @@ export type Peer = Awaited<ReturnType<typeof startPeer>>;
 /**
  * The whole system in this process (in-process broker, fresh SQLite store): ingress, spool with
  * its sweep, and a deliverer with the given MX seams. Sender authentication is off (no DNS).
+ * `dataDir`: use (and keep) this DATA_DIR instead of a fresh one (a restart); `log`: the logger.
  */
-export async function startSystem(env: Record<string, string>, options: { deliverer?: DelivererOptions; deliver?: boolean } = {}) {
-  const dir = tempDir();
+export async function startSystem(env: Record<string, string>, options: { deliverer?: DelivererOptions; deliver?: boolean; dataDir?: string; log?: Logger } = {}) {
+  const dir = options.dataDir ? { path: options.dataDir, remove: () => {} } : tempDir();
   const port = await freePort();
   const config: Config = loadConfig({
     SMTP_HOST: '127.0.0.1',
@@ -123,7 +137,7 @@ export async function startSystem(env: Record<string, string>, options: { delive
     RETRY_SCHEDULE: '1h',
     ...env,
   });
-  const log = createLogger('test', process.env.TEST_LOG_LEVEL ?? 'silent');
+  const log = options.log ?? createLogger('test', process.env.TEST_LOG_LEVEL ?? 'silent');
   const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
   const broker = createMemoryBroker(join(dir.path, 'dead'), log);
   await startSpool(config, store, broker, log);
@@ -134,6 +148,7 @@ export async function startSystem(env: Record<string, string>, options: { delive
   const ingress = await startIngress(config, broker, log, { store });
   return {
     port,
+    dataDir: dir.path,
     config,
     store,
     broker,

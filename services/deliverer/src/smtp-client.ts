@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { formatTarget, type Target } from '@backupmx/shared/runtime/config.ts';
-import { securedFacts, trustAnchors, unsecuredFacts } from '@backupmx/shared/mail/peer-tls.ts';
+import { chainOnly, securedFacts, trustAnchors, unsecuredFacts } from '@backupmx/shared/mail/peer-tls.ts';
 import { NOT_OFFERED, OPPORTUNISTIC, tlsRefusal, tlsRequired, type TlsFacts, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
 import type { SendError, SendResult } from '../../../shared/src/rules/outcomes.ts';
 
@@ -165,7 +165,7 @@ export function createSmtpClient(options: ClientOptions) {
       // does not offer it is left before MAIL (checked below). Certificates are never rejected
       // during the handshake: the facts are judged after it, by rules/next-hop-tls.ts.
       opportunisticTLS: !required,
-      tls: { rejectUnauthorized: false, ...(hop.name ? { servername: hop.name } : {}), ...(ca ? { ca } : {}) },
+      tls: { rejectUnauthorized: false, ...chainOnly, ...(hop.name ? { servername: hop.name } : {}), ...(ca ? { ca } : {}) },
       connectionTimeout: options.connectionTimeoutMs ?? 30_000,
       greetingTimeout: 30_000,
       socketTimeout: 300_000,

@@ -4,7 +4,7 @@
  * certificate the same way.
  */
 import { Buffer } from 'node:buffer';
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import tls, { type PeerCertificate, type TLSSocket } from 'node:tls';
 import { NOT_OFFERED, SYSTEM_TRUST, type TlsFacts } from '../rules/next-hop-tls.ts';
@@ -45,13 +45,17 @@ export function trustAnchors(trust: readonly string[], system?: readonly string[
   return trust.flatMap((source) => (source === SYSTEM_TRUST ? (system ?? defaultCas()) : caFile(source)));
 }
 
-/** `pin-sha256:` (public key) and `cert-sha256:` (whole certificate) of a certificate, as PRIMARY_TLS_PIN takes them. */
-export function certificatePins(certificate: Pick<PeerCertificate, 'raw' | 'pubkey'>): string[] {
-  const pins: string[] = [];
-  if (certificate.pubkey?.length) pins.push(`pin-sha256:${createHash('sha256').update(certificate.pubkey).digest('base64')}`);
-  if (certificate.raw?.length) pins.push(`cert-sha256:${createHash('sha256').update(certificate.raw).digest('hex')}`);
-  return pins;
+/**
+ * `pin-sha256:` (SHA-256 of the DER SubjectPublicKeyInfo; PeerCertificate.pubkey is only the key
+ * itself for EC keys) and `cert-sha256:` (of the whole DER certificate), as PRIMARY_TLS_PIN takes them.
+ */
+export function certificatePins(der: Buffer): string[] {
+  const spki = new X509Certificate(der).publicKey.export({ type: 'spki', format: 'der' });
+  return [`pin-sha256:${createHash('sha256').update(spki).digest('base64')}`, `cert-sha256:${createHash('sha256').update(der).digest('hex')}`];
 }
+
+/** Node's own name check is off (the chain alone decides `authorized`); securedFacts checks the name it was given. */
+export const chainOnly = { checkServerIdentity: (): undefined => undefined };
 
 const distinguishedName = (name: PeerCertificate['subject'] | undefined): string | null => {
   if (!name || typeof name !== 'object') return null;
@@ -80,7 +84,7 @@ export function securedFacts(socket: TLSSocket, name: string): TlsFacts {
     trusted: socket.authorized === true,
     trustError: socket.authorized ? null : String(socket.authorizationError ?? 'not authorized'),
     nameError: identity ? identity.message : null,
-    pins: present ? certificatePins(certificate as PeerCertificate) : [],
+    pins: present ? certificatePins((certificate as PeerCertificate).raw) : [],
     subject: present ? distinguishedName((certificate as PeerCertificate).subject) : null,
     issuer: present ? distinguishedName((certificate as PeerCertificate).issuer) : null,
     notAfter: Number.isFinite(notAfter) ? notAfter : null,

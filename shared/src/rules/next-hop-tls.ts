@@ -108,13 +108,15 @@ export function domainRequirement(config: TlsConfig, domain: string): TlsRequire
 /**
  * One requirement that satisfies all of them (recipients of several domains in one transaction, a
  * target several domains share, MTA-STS on top of PRIMARY_TLS): the strictest level, the trust
- * anchors of those that verify, every pin. The requirements concern one host, whose one
- * certificate either carries a listed pin or not.
+ * anchors of those that verify (of all, when none does: what the logs and the probe check
+ * against), every pin. The requirements concern one host, whose one certificate either carries a
+ * listed pin or not.
  */
 export function strictest(requirements: readonly TlsRequirement[]): TlsRequirement {
   let level: TlsLevel = 'may';
   for (const requirement of requirements) if (LEVEL_RANK[requirement.level] > LEVEL_RANK[level]) level = requirement.level;
-  const trust = [...new Set(requirements.filter((requirement) => requirement.level === 'verify').flatMap((requirement) => requirement.trust))];
+  const verifying = requirements.filter((requirement) => requirement.level === 'verify');
+  const trust = [...new Set((verifying.length ? verifying : requirements).flatMap((requirement) => requirement.trust))];
   const pins = [...new Set(requirements.flatMap((requirement) => requirement.pins))];
   return { level, trust: trust.length ? trust : [SYSTEM_TRUST], pins };
 }
