@@ -4,8 +4,8 @@ import { parseTarget } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 import { primaryTlsExpiry, primaryTlsOffered, primaryTlsVerified, primaryTransitions, primaryUp, probeDuration } from '@backupmx/shared/runtime/metrics.ts';
 import { trustAnchors } from '@backupmx/shared/mail/peer-tls.ts';
-import { configuredTargets } from '@backupmx/shared/rules/routing.ts';
-import { OPPORTUNISTIC, targetRequirements, tlsStatus, type TlsStatus } from '@backupmx/shared/rules/next-hop-tls.ts';
+import { configuredTargets, mxDomainOf, routeForRecipient } from '@backupmx/shared/rules/routing.ts';
+import { domainRequirement, OPPORTUNISTIC, strictest, tlsStatus, type TlsRequirement, type TlsStatus } from '@backupmx/shared/rules/next-hop-tls.ts';
 import { applyProbe, initialState, type TargetState } from '../../../shared/src/rules/hysteresis.ts';
 import { probeSmtp } from './probe.ts';
 
@@ -13,6 +13,18 @@ import { probeSmtp } from './probe.ts';
 export interface MonitorOptions {
   /** CAs standing in for the system's. */
   systemCa?: string[];
+}
+
+/** Per probed target (host:port), what the domains routed to it require together: the trust anchors and pins its probe checks. */
+function targetRequirements(config: Config): Map<string, TlsRequirement> {
+  const byTarget = new Map<string, TlsRequirement[]>();
+  for (const domain of new Set([...config.RELAY_DOMAINS, ...Object.keys(config.domains)])) {
+    const route = routeForRecipient(`postmaster@${domain}`, config);
+    if (mxDomainOf(route) !== null) continue;
+    // A host-list route is its targets, written canonically (host:port), joined by commas.
+    for (const target of route.split(',')) byTarget.set(target, [...(byTarget.get(target) ?? []), domainRequirement(config, domain)]);
+  }
+  return new Map([...byTarget].map(([target, list]) => [target, strictest(list)]));
 }
 
 /**

@@ -5,7 +5,6 @@
  * (smtp_proto.c): 4.7.4 when TLS is missing, 4.7.5 when it cannot be started or authenticated.
  * Every refusal is a deferral: a TLS problem never bounces mail and never falls back to plain text.
  */
-import { mxDomainOf, routeForRecipient, type RoutingConfig } from './routing.ts';
 
 export const TLS_LEVELS = ['may', 'encrypt', 'verify'] as const;
 /** may: STARTTLS when offered, nothing checked; encrypt: STARTTLS required; verify: and the certificate authenticated. */
@@ -91,7 +90,7 @@ export interface TlsSettings {
   PRIMARY_TLS_CA?: string | undefined;
   PRIMARY_TLS_PIN?: string[] | undefined;
 }
-export type TlsConfig = RoutingConfig & TlsSettings & { RELAY_DOMAINS: string[]; domains: Record<string, TlsSettings & { PRIMARY?: string[] | undefined }> };
+export type TlsConfig = TlsSettings & { RELAY_DOMAINS: string[]; domains: Record<string, TlsSettings> };
 
 /** What mail to `domain` requires: its own settings, else the global ones; a domain we do not back up: opportunistic. */
 export function domainRequirement(config: TlsConfig, domain: string): TlsRequirement {
@@ -127,18 +126,6 @@ const domainOf = (address: string): string => address.slice(address.lastIndexOf(
 /** What a transaction to these recipients requires. */
 export function recipientsRequirement(config: TlsConfig, recipients: readonly string[]): TlsRequirement {
   return strictest([...new Set(recipients.map(domainOf))].map((domain) => domainRequirement(config, domain)));
-}
-
-/** Per probed target (host:port), what the domains routed to it require: the trust anchors and pins the health probe checks. */
-export function targetRequirements(config: TlsConfig): Map<string, TlsRequirement> {
-  const byTarget = new Map<string, TlsRequirement[]>();
-  for (const domain of new Set([...config.RELAY_DOMAINS, ...Object.keys(config.domains)])) {
-    const route = routeForRecipient(`postmaster@${domain}`, config);
-    if (mxDomainOf(route) !== null) continue;
-    // A host-list route is its targets, written canonically (host:port), joined by commas.
-    for (const target of route.split(',')) byTarget.set(target, [...(byTarget.get(target) ?? []), domainRequirement(config, domain)]);
-  }
-  return new Map([...byTarget].map(([target, list]) => [target, strictest(list)]));
 }
 
 /** The requirement asks more than opportunistic STARTTLS. */

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { parseDuration } from '../rules/duration.ts';
 import { normalizeDomain } from '../rules/address.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
+import { pemCertificates } from '../mail/peer-tls.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
 export interface Target {
@@ -76,7 +77,13 @@ const tlsLevel = z.preprocess((value) => (typeof value === 'string' ? value.trim
 
 /** A PEM file of CA certificates: readable, and every certificate in it parses. */
 const caFile = readableFile.superRefine((path, ctx) => {
-  const pems = readFileSync(path, 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return; // already reported: cannot read file
+  }
+  const pems = pemCertificates(text);
   if (pems.length === 0) return void ctx.addIssue({ code: 'custom', message: `${path} holds no PEM certificate` });
   pems.forEach((pem, index) => {
     try {
