@@ -49,7 +49,8 @@ export function trustAnchors(trust: readonly string[], system?: readonly string[
  * `pin-sha256:` (SHA-256 of the DER SubjectPublicKeyInfo; PeerCertificate.pubkey is only the key
  * itself for EC keys) and `cert-sha256:` (of the whole DER certificate), as PRIMARY_TLS_PIN takes them.
  */
-export function certificatePins(der: Buffer): string[] {
+export function certificatePins(raw: Uint8Array): string[] {
+  const der = Buffer.from(raw);
   const spki = new X509Certificate(der).publicKey.export({ type: 'spki', format: 'der' });
   return [`pin-sha256:${createHash('sha256').update(spki).digest('base64')}`, `cert-sha256:${createHash('sha256').update(der).digest('hex')}`];
 }
@@ -70,7 +71,8 @@ const distinguishedName = (name: PeerCertificate['subject'] | undefined): string
  */
 export function securedFacts(socket: TLSSocket, name: string): TlsFacts {
   const certificate = socket.getPeerCertificate(false) as PeerCertificate | Record<string, never>;
-  const present = 'raw' in certificate && Buffer.isBuffer(certificate.raw) && certificate.raw.length > 0;
+  // Node gives a Buffer, Deno a Uint8Array.
+  const present = 'raw' in certificate && certificate.raw instanceof Uint8Array && certificate.raw.length > 0;
   const cipher = socket.getCipher?.();
   const identity = present ? tls.checkServerIdentity(name, certificate as PeerCertificate) : new Error('no certificate');
   const notAfter = present ? Date.parse((certificate as PeerCertificate).valid_to) : Number.NaN;
