@@ -2,19 +2,15 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { makeCa, issue, opensslPins, selfSigned, type Certificate } from './support/certificates.ts';
-import { startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
-import { sendRaw } from './support/reports.ts';
+import { sendAndAttempt, startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
 import { parsePin } from '../shared/src/rules/next-hop-tls.ts';
-import { tempDir, waitFor } from './support/util.ts';
+import { tempDir } from './support/util.ts';
 
 /**
  * TLS to the primary (PRIMARY_TLS, PRIMARY_TLS_CA, PRIMARY_TLS_PIN) against real smtp-server
  * primaries on loopback, with certificates made by openssl now: a requirement that is not met
  * defers with a 4.7.x reply before any MAIL command; one that is met delivers over TLS.
  */
-
-const SENDER = 'sender@origin.test';
-const body = (subject: string) => `From: <${SENDER}>\r\nSubject: ${subject}\r\n\r\nHello.\r\n`;
 
 let dir: ReturnType<typeof tempDir>;
 let ca: Certificate;
@@ -33,16 +29,6 @@ before(() => {
 });
 after(() => dir.remove());
 
-/** One message to a@example.test; resolves with its delivery once the first attempt is recorded. */
-async function sendOne(system: System, subject: string) {
-  const { id, final } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'a@example.test' }], message: body(subject) });
-  assert.match(final, /^250 /);
-  return waitFor(`the attempt of ${subject}`, async () => {
-    const delivery = (await system.store.getMessage(id ?? ''))?.deliveries[0];
-    return delivery?.attempts ? delivery : null;
-  });
-}
-
 async function withPrimary(peer: Peer, env: Record<string, string>, run: (system: System) => Promise<void>) {
   const system = await startSystem({ PRIMARY: `127.0.0.1:${peer.port}`, ...env });
   try {
@@ -57,7 +43,7 @@ describe('PRIMARY_TLS=encrypt', () => {
   it('defers with 4.7.4 when the primary does not offer STARTTLS, and sends no MAIL command in clear', async () => {
     const peer = await startPeer();
     await withPrimary(peer, { PRIMARY_TLS: 'encrypt' }, async (system) => {
-      const delivery = await sendOne(system, 'no starttls');
+      const delivery = await sendAndAttempt(system, 'no starttls');
       assert.equal(delivery.state, 'queued', 'kept for a later attempt');
       assert.equal(delivery.lastReply, `4.7.4 TLS is required, but was not offered by host 127.0.0.1:${peer.port}`);
       assert.ok(peer.connections() >= 1, 'the primary was reached');
@@ -69,7 +55,7 @@ describe('PRIMARY_TLS=encrypt', () => {
   it('delivers over STARTTLS to a primary with a self-signed certificate (encrypted, not authenticated)', async () => {
     const peer = await startPeer({}, { tls: { key: self.keyPem, cert: self.certPem } });
     await withPrimary(peer, { PRIMARY_TLS: 'encrypt' }, async (system) => {
-      const delivery = await sendOne(system, 'encrypted');
+      const delivery = await sendAndAttempt(system, 'encrypted');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
       assert.equal(peer.messages[0]?.secure, true, 'over TLS');
     });
@@ -80,7 +66,7 @@ describe('PRIMARY_TLS=verify', () => {
   it('defers with 4.7.5 when the certificate is self-signed, before any MAIL command', async () => {
     const peer = await startPeer({}, { tls: { key: self.keyPem, cert: self.certPem } });
     await withPrimary(peer, { PRIMARY_TLS: 'verify' }, async (system) => {
-      const delivery = await sendOne(system, 'self-signed');
+      const delivery = await sendAndAttempt(system, 'self-signed');
       assert.equal(delivery.state, 'queued');
       assert.equal(delivery.lastReply, `4.7.5 Server certificate not trusted: host 127.0.0.1:${peer.port} (DEPTH_ZERO_SELF_SIGNED_CERT)`);
       assert.equal(peer.mailCommands(), 0);
@@ -90,7 +76,7 @@ describe('PRIMARY_TLS=verify', () => {
   it('delivers when the certificate chains to PRIMARY_TLS_CA and names the host', async () => {
     const peer = await startPeer({}, { tls: { key: signed.keyPem, cert: signed.certPem } });
     await withPrimary(peer, { PRIMARY_TLS: 'verify', PRIMARY_TLS_CA: ca.cert }, async (system) => {
-      const delivery = await sendOne(system, 'verified');
+      const delivery = await sendAndAttempt(system, 'verified');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
       assert.equal(peer.messages[0]?.secure, true);
     });
@@ -99,7 +85,7 @@ describe('PRIMARY_TLS=verify', () => {
   it('defers with 4.7.5 when a certificate from PRIMARY_TLS_CA names another host', async () => {
     const peer = await startPeer({}, { tls: { key: wrongName.keyPem, cert: wrongName.certPem } });
     await withPrimary(peer, { PRIMARY_TLS: 'verify', PRIMARY_TLS_CA: ca.cert }, async (system) => {
-      const delivery = await sendOne(system, 'wrong name');
+      const delivery = await sendAndAttempt(system, 'wrong name');
       assert.equal(delivery.state, 'queued');
       assert.equal(delivery.lastReply, `4.7.5 Server certificate not verified: host 127.0.0.1:${peer.port} (Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list: )`);
       assert.equal(peer.mailCommands(), 0);
@@ -111,13 +97,9 @@ describe('PRIMARY_TLS=verify', () => {
     const file = `${dir.path}/per-domain.yaml`;
     writeFileSync(file, `domains:\n  strict.test:\n    PRIMARY_TLS: verify\n`);
     await withPrimary(peer, { RELAY_DOMAINS: 'example.test,strict.test', BACKUPMX_CONFIG: file }, async (system) => {
-      const plain = await sendOne(system, 'plain domain');
+      const plain = await sendAndAttempt(system, 'plain domain');
       assert.equal(plain.state, 'delivered', 'example.test keeps may');
-      const { id } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'b@strict.test' }], message: body('strict domain') });
-      const strict = await waitFor('the strict attempt', async () => {
-        const delivery = (await system.store.getMessage(id ?? ''))?.deliveries[0];
-        return delivery?.attempts ? delivery : null;
-      });
+      const strict = await sendAndAttempt(system, 'strict domain', 'b@strict.test');
       assert.equal(strict.state, 'queued');
       assert.match(strict.lastReply ?? '', /^4\.7\.4 TLS is required, but was not offered/);
       assert.equal(peer.mailCommands(), 1, 'only the plain domain\'s MAIL');
@@ -132,12 +114,12 @@ describe('PRIMARY_TLS_PIN', () => {
     const port = peer.port;
     const system = await startSystem({ PRIMARY: `127.0.0.1:${port}`, PRIMARY_TLS: 'encrypt', PRIMARY_TLS_PIN: pins.spki });
     try {
-      const first = await sendOne(system, 'pinned key');
+      const first = await sendAndAttempt(system, 'pinned key');
       assert.equal(first.state, 'delivered', first.lastReply ?? '');
       // The primary restarts with a new certificate and key.
       await peer.close();
       peer = await startPeer({}, { tls: { key: otherSelf.keyPem, cert: otherSelf.certPem }, port });
-      const second = await sendOne(system, 'changed key');
+      const second = await sendAndAttempt(system, 'changed key');
       assert.equal(second.state, 'queued');
       const newPins = opensslPins(otherSelf);
       assert.equal(second.lastReply, `4.7.5 Server certificate not verified: host 127.0.0.1:${port} presents none of the pinned keys (it has ${newPins.spki}, ${parsePin(newPins.cert)})`);
@@ -151,7 +133,7 @@ describe('PRIMARY_TLS_PIN', () => {
   it('takes the certificate fingerprint as openssl prints it (cert-sha256:AB:CD:...)', async () => {
     const peer = await startPeer({}, { tls: { key: self.keyPem, cert: self.certPem } });
     await withPrimary(peer, { PRIMARY_TLS: 'encrypt', PRIMARY_TLS_PIN: `pin-sha256:${'A'.repeat(43)}=, ${opensslPins(self).cert}` }, async (system) => {
-      const delivery = await sendOne(system, 'certificate fingerprint');
+      const delivery = await sendAndAttempt(system, 'certificate fingerprint');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
     });
   });

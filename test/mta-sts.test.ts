@@ -3,11 +3,10 @@ import type { AddressInfo } from 'node:net';
 import { createServer, type Server } from 'node:https';
 import { after, before, describe, it } from 'node:test';
 import { makeCa, issue, selfSigned, type Certificate } from './support/certificates.ts';
-import { startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
+import { sendAndAttempt, startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
 import { fakeResolver } from './support/fake-resolver.ts';
 import { captureLog } from './support/log-capture.ts';
-import { sendRaw } from './support/reports.ts';
-import { tempDir, waitFor } from './support/util.ts';
+import { tempDir } from './support/util.ts';
 
 /**
  * MTA-STS (RFC 8461) for PRIMARY=mx with the fake resolver (no internet): the `_mta-sts` TXT record
@@ -16,8 +15,6 @@ import { tempDir, waitFor } from './support/util.ts';
  * the deliverer is given that CA in place of the system's, and the policy server's port.
  */
 
-const SENDER = 'sender@origin.test';
-const body = (subject: string) => `From: <${SENDER}>\r\nSubject: ${subject}\r\n\r\nHello.\r\n`;
 const policyText = (mode: string, mx: string[]) => `version: STSv1\r\nmode: ${mode}\r\n${mx.map((host) => `mx: ${host}\r\n`).join('')}max_age: 86400\r\n`;
 
 let dir: ReturnType<typeof tempDir>;
@@ -66,63 +63,59 @@ async function startMxSystem(peer: Peer, resolver: ReturnType<typeof dns>, polic
   );
 }
 
-async function sendOne(system: System, subject: string) {
-  const { id, final } = await sendRaw(system.port, { from: SENDER, rcpts: [{ address: 'a@example.test' }], message: body(subject) });
-  assert.match(final, /^250 /);
-  return waitFor(`the attempt of ${subject}`, async () => {
-    const delivery = (await system.store.getMessage(id ?? ''))?.deliveries[0];
-    return delivery?.attempts ? delivery : null;
-  });
+/**
+ * A policy server with `policy`, an MX peer (`peerTls`: its STARTTLS certificate, none: no STARTTLS),
+ * DNS naming `mxHosts` and policy `id`, and the system; `run` gets them, everything is closed after.
+ */
+async function withPolicy(
+  policy: string,
+  peerTls: Certificate | null,
+  mxHosts: string[],
+  id: string,
+  run: (parts: { system: System; peer: Peer; policy: Awaited<ReturnType<typeof startPolicyServer>>; capture: ReturnType<typeof captureLog> }) => Promise<void>,
+) {
+  const server = await startPolicyServer(policy);
+  const peer = await startPeer({}, peerTls ? { tls: { key: peerTls.keyPem, cert: peerTls.certPem } } : {});
+  const capture = captureLog();
+  const system = await startMxSystem(peer, dns(mxHosts, id), server.port, { log: capture.log });
+  try {
+    await run({ system, peer, policy: server, capture });
+  } finally {
+    await system.close();
+    await peer.close();
+    await server.close();
+  }
 }
 
 describe('MTA-STS enforce', () => {
   it('refuses an MX host the policy does not name: deferred with 4.7.5, the host never contacted', async () => {
-    const policy = await startPolicyServer(policyText('enforce', ['good.example.test']));
-    const peer = await startPeer({}, { tls: { key: mxCert.keyPem, cert: mxCert.certPem } });
-    const system = await startMxSystem(peer, dns(['evil.example.test'], 'one'), policy.port);
-    try {
-      const delivery = await sendOne(system, 'evil mx');
+    await withPolicy(policyText('enforce', ['good.example.test']), mxCert, ['evil.example.test'], 'one', async ({ system, peer, policy, capture }) => {
+      const delivery = await sendAndAttempt(system, 'evil mx');
       assert.equal(delivery.state, 'queued', 'kept, never bounced for it');
       assert.equal(delivery.lastReply, '4.7.5 MTA-STS policy of example.test (id one, mode enforce) names none of its MX hosts (evil.example.test); the mail waits');
       assert.equal(peer.connections(), 0, 'the MX host outside the policy is not contacted');
       assert.equal(policy.requests(), 1);
-    } finally {
-      await system.close();
-      await peer.close();
-      await policy.close();
-    }
+      assert.deepEqual(capture.entries('MTA-STS: MX hosts not in the policy skipped')[0]?.skipped, ['evil.example.test']);
+    });
   });
 
   it('delivers to an MX host the policy names, over TLS verified for that name', async () => {
-    const policy = await startPolicyServer(policyText('enforce', ['*.example.test']));
-    const peer = await startPeer({}, { tls: { key: mxCert.keyPem, cert: mxCert.certPem } });
-    const system = await startMxSystem(peer, dns(['good.example.test'], 'two'), policy.port);
-    try {
-      const delivery = await sendOne(system, 'good mx');
+    await withPolicy(policyText('enforce', ['*.example.test']), mxCert, ['good.example.test'], 'two', async ({ system, peer, capture }) => {
+      const delivery = await sendAndAttempt(system, 'good mx');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
       assert.equal(peer.messages[0]?.secure, true);
-    } finally {
-      await system.close();
-      await peer.close();
-      await policy.close();
-    }
+      assert.equal(capture.entries('delivered')[0]?.tls, 'TLSv1.3 verified');
+    });
   });
 
   it('refuses an MX host in the policy whose certificate does not verify (self-signed): 4.7.5, no MAIL', async () => {
-    const policy = await startPolicyServer(policyText('enforce', ['good.example.test']));
     const bad = selfSigned(dir.path, 'good-self', ['good.example.test']);
-    const peer = await startPeer({}, { tls: { key: bad.keyPem, cert: bad.certPem } });
-    const system = await startMxSystem(peer, dns(['good.example.test'], 'three'), policy.port);
-    try {
-      const delivery = await sendOne(system, 'unverified mx');
+    await withPolicy(policyText('enforce', ['good.example.test']), bad, ['good.example.test'], 'three', async ({ system, peer }) => {
+      const delivery = await sendAndAttempt(system, 'unverified mx');
       assert.equal(delivery.state, 'queued');
       assert.equal(delivery.lastReply, `4.7.5 Server certificate not trusted: host good.example.test[127.0.0.1]:${peer.port} (DEPTH_ZERO_SELF_SIGNED_CERT)`);
       assert.equal(peer.mailCommands(), 0);
-    } finally {
-      await system.close();
-      await peer.close();
-      await policy.close();
-    }
+    });
   });
 
   it('keeps applying the cached policy across a restart while the policy server is down', async () => {
@@ -133,7 +126,7 @@ describe('MTA-STS enforce', () => {
     try {
       const first = await startMxSystem(peer, dns(['good.example.test'], 'four'), policyPort, { dataDir: dataDir.path });
       try {
-        assert.equal((await sendOne(first, 'policy fetched')).state, 'delivered');
+        assert.equal((await sendAndAttempt(first, 'policy fetched')).state, 'delivered');
       } finally {
         await first.close();
       }
@@ -143,7 +136,7 @@ describe('MTA-STS enforce', () => {
       const capture = captureLog();
       const second = await startMxSystem(peer, dns(['evil.example.test'], 'five'), policyPort, { dataDir: dataDir.path, log: capture.log });
       try {
-        const delivery = await sendOne(second, 'policy server down');
+        const delivery = await sendAndAttempt(second, 'policy server down');
         assert.equal(delivery.state, 'queued');
         assert.equal(delivery.lastReply, '4.7.5 MTA-STS policy of example.test (id four, mode enforce) names none of its MX hosts (evil.example.test); the mail waits');
         assert.equal(peer.messages.length, 1, 'only the first message arrived');
@@ -157,7 +150,7 @@ describe('MTA-STS enforce', () => {
       policy = await startPolicyServer(policyText('enforce', ['good.example.test', 'evil.example.test']), policyPort);
       const third = await startMxSystem(peer, dns(['evil.example.test'], 'five'), policyPort, { dataDir: dataDir.path });
       try {
-        assert.equal((await sendOne(third, 'new policy')).state, 'delivered');
+        assert.equal((await sendAndAttempt(third, 'new policy')).state, 'delivered');
       } finally {
         await third.close();
       }
@@ -171,38 +164,22 @@ describe('MTA-STS enforce', () => {
 
 describe('MTA-STS testing', () => {
   it('delivers as before (MX host outside the policy, no TLS) and logs what enforce would have refused', async () => {
-    const policy = await startPolicyServer(policyText('testing', ['good.example.test']));
-    const peer = await startPeer();
-    const capture = captureLog();
-    const system = await startMxSystem(peer, dns(['evil.example.test'], 'six'), policy.port, { log: capture.log });
-    try {
-      const delivery = await sendOne(system, 'testing mode');
+    await withPolicy(policyText('testing', ['good.example.test']), null, ['evil.example.test'], 'six', async ({ system, peer, capture }) => {
+      const delivery = await sendAndAttempt(system, 'testing mode');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
       assert.equal(peer.messages[0]?.secure, false);
       const logged = capture.entries('MTA-STS testing: enforce mode would have refused this delivery');
       assert.equal(logged.length, 1, capture.lines.join(''));
       assert.equal(logged[0]?.policyId, 'six');
       assert.equal(logged[0]?.reason, 'MX host evil.example.test is not in the policy (mx: good.example.test)');
-    } finally {
-      await system.close();
-      await peer.close();
-      await policy.close();
-    }
+    });
   });
 
   it('logs when the MX host is named but its TLS would not pass (STARTTLS not offered)', async () => {
-    const policy = await startPolicyServer(policyText('testing', ['good.example.test']));
-    const peer = await startPeer();
-    const capture = captureLog();
-    const system = await startMxSystem(peer, dns(['good.example.test'], 'seven'), policy.port, { log: capture.log });
-    try {
-      assert.equal((await sendOne(system, 'testing, no tls')).state, 'delivered');
+    await withPolicy(policyText('testing', ['good.example.test']), null, ['good.example.test'], 'seven', async ({ system, peer, capture }) => {
+      assert.equal((await sendAndAttempt(system, 'testing, no tls')).state, 'delivered');
       const [logged] = capture.entries('MTA-STS testing: enforce mode would have refused this delivery');
       assert.equal(logged?.reason, `4.7.4 TLS is required, but was not offered by host good.example.test[127.0.0.1]:${peer.port}`);
-    } finally {
-      await system.close();
-      await peer.close();
-      await policy.close();
-    }
+    });
   });
 });

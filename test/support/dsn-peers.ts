@@ -11,7 +11,8 @@ import { startSpool } from '../../services/spool/src/spool.ts';
 import { createSweeper } from '../../services/spool/src/sweep.ts';
 import { createDeliverer, type DelivererOptions } from '../../services/deliverer/src/deliverer.ts';
 import type { Logger } from '../../shared/src/runtime/logger.ts';
-import { freePort, tempDir } from './util.ts';
+import { sendRaw } from './reports.ts';
+import { freePort, tempDir, waitFor } from './util.ts';
 
 export interface PeerMessage {
   from: string;
@@ -165,3 +166,13 @@ export async function startSystem(env: Record<string, string>, options: { delive
 }
 
 export type System = Awaited<ReturnType<typeof startSystem>>;
+
+/** Send one message (from sender@origin.test to `recipient`) and wait for its first recorded attempt: that delivery. */
+export async function sendAndAttempt(system: System, subject: string, recipient = 'a@example.test') {
+  const { id, final } = await sendRaw(system.port, { from: 'sender@origin.test', rcpts: [{ address: recipient }], message: `From: <sender@origin.test>\r\nSubject: ${subject}\r\n\r\nHello.\r\n` });
+  if (!final.startsWith('250 ')) throw new Error(`${subject}: not accepted: ${final}`);
+  return waitFor(`the attempt of ${subject}`, async () => {
+    const delivery = (await system.store.getMessage(id ?? ''))?.deliveries[0];
+    return delivery?.attempts ? delivery : null;
+  });
+}
