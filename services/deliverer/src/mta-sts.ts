@@ -10,15 +10,12 @@
 import { Buffer } from 'node:buffer';
 import { request } from 'node:https';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import type { MxResolver } from './mx.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
 import { parseStsPolicy, parseStsRecord, policyExpiresAt, stsStep, type StsPolicy, type StsRecord } from '@backupmx/shared/rules/mta-sts.ts';
 
-/** The lookups MTA-STS needs (node:dns/promises' Resolver has them). */
-export interface StsResolver {
-  resolveTxt(hostname: string): Promise<string[][]>;
-  resolve4(hostname: string): Promise<string[]>;
-  resolve6(hostname: string): Promise<string[]>;
-}
+/** The lookups MTA-STS needs: TXT, and the policy host's addresses (node:dns/promises' Resolver has them). */
+export type StsResolver = Pick<MxResolver, 'resolve4' | 'resolve6'> & { resolveTxt(hostname: string): Promise<string[][]> };
 
 export interface MtaStsOptions {
   resolver: StsResolver;
