@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { mxMatches, parseStsPolicy, parseStsRecord, stsStep, type StsPolicy } from '../shared/src/rules/mta-sts.ts';
+import { mxMatches, parseStsPolicy, parseStsRecord, stsHops, stsStep, stsTestingRefusal, type StsPolicy } from '../shared/src/rules/mta-sts.ts';
+import { NOT_OFFERED } from '../shared/src/rules/next-hop-tls.ts';
 
 describe('MTA-STS TXT record (RFC 8461 3.1)', () => {
   it('reads the id of the one v=STSv1 record, ignoring other TXT records', () => {
@@ -78,5 +79,33 @@ describe('MTA-STS cache (RFC 8461 3.3, 5.1)', () => {
     assert.equal(stsStep({ dnsError: 'ETIMEOUT' }, cached('a', now - DAY), now), 'cached');
     assert.equal(stsStep({ dnsError: 'ETIMEOUT' }, cached('a', now - 8 * DAY), now), 'none');
     assert.equal(stsStep({ none: 'no record' }, null, now), 'none');
+  });
+});
+
+describe('MTA-STS applied to the MX hosts', () => {
+  const policy = (mode: StsPolicy['mode']): StsPolicy => ({ id: 'p1', mode, mx: ['mx1.example.com', '*.backup.example.com'], maxAge: 86_400, fetchedAt: 0 });
+  const hops = [
+    { name: 'evil.example.net', host: '192.0.2.66' },
+    { name: 'mx1.example.com', host: '192.0.2.1' },
+    { name: 'b.backup.example.com', host: '192.0.2.2' },
+    { name: 'evil.example.net', host: '2001:db8::66' },
+  ];
+
+  it('enforce keeps the MX hosts the policy names, in order, and names the others', () => {
+    assert.deepEqual(stsHops(policy('enforce'), 'example.com', hops), { hops: [hops[1], hops[2]], skipped: ['evil.example.net'] });
+  });
+
+  it('enforce with no MX host named defers with 4.7.5; testing keeps them all', () => {
+    assert.deepEqual(stsHops(policy('enforce'), 'example.com', [hops[0]!]), { defer: '4.7.5 MTA-STS policy of example.com (id p1, mode enforce) names none of its MX hosts (evil.example.net); the mail waits' });
+    assert.deepEqual(stsHops(policy('testing'), 'example.com', hops), { hops, skipped: [] });
+  });
+
+  it('testing: says what enforce would have refused, host first, then TLS', () => {
+    const verify = { level: 'verify' as const, trust: ['system'], pins: [] };
+    const hop = 'mx1.example.com[192.0.2.1]:25';
+    assert.equal(stsTestingRefusal(policy('testing'), 'evil.example.net', hop, NOT_OFFERED, verify), 'MX host evil.example.net is not in the policy (mx: mx1.example.com, *.backup.example.com)');
+    assert.equal(stsTestingRefusal(policy('testing'), 'mx1.example.com', hop, NOT_OFFERED, verify), `4.7.4 TLS is required, but was not offered by host ${hop}`);
+    assert.equal(stsTestingRefusal(policy('testing'), 'mx1.example.com', hop, { ...NOT_OFFERED, offered: true, secured: true, trusted: true }, verify), null);
+    assert.equal(stsTestingRefusal(policy('enforce'), 'evil.example.net', hop, NOT_OFFERED, verify), null, 'only in testing mode');
   });
 });

@@ -12,8 +12,8 @@ import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/type
 import { recordAttempt } from './attempt-telemetry.ts';
 import { planMx, selfFrom, type MxResolver } from './mx.ts';
 import { createMtaSts, type AppliedPolicy, type StsResolver } from './mta-sts.ts';
-import { policyNames } from '../../../shared/src/rules/mta-sts.ts';
-import { domainRequirement, recipientsRequirement, strictest, tlsRefusal, verified, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
+import { stsHops, stsTestingRefusal } from '../../../shared/src/rules/mta-sts.ts';
+import { domainRequirement, recipientsRequirement, strictest, verified, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
 import { toOutcomes, verdicts } from '../../../shared/src/rules/outcomes.ts';
 import { reportEntries } from './report-entries.ts';
 import { nextAttemptAt } from '../../../shared/src/rules/retry.ts';
@@ -161,20 +161,12 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     const stsRequirement: TlsRequirement = { level: 'verify', trust: domainRequirement(config, domain).trust, pins: [] };
     const { policy } = sts;
     if (policy.mode === 'testing') return { hops: mx.hops, tls: { requirement: own, audit: stsRequirement }, sts };
-    const named = mx.hops.filter((hop) => policyNames(policy, hop.name));
-    const skipped = [...new Set(mx.hops.filter((hop) => !named.includes(hop)).map((hop) => hop.name))];
-    if (skipped.length) log.warn({ domain, policyId: policy.id, skipped, policyMx: policy.mx }, 'MTA-STS: MX hosts not in the policy skipped');
-    if (named.length === 0) {
-      return { defer: `4.7.5 MTA-STS policy of ${domain} (id ${policy.id}, mode enforce) names none of its MX hosts (${skipped.join(', ')}); the mail waits` };
+    const allowed = stsHops(policy, domain, mx.hops);
+    if ('defer' in allowed || allowed.skipped.length) {
+      log.warn({ domain, policyId: policy.id, skipped: 'defer' in allowed ? mx.hops.map((hop) => hop.name) : allowed.skipped, policyMx: policy.mx }, 'MTA-STS: MX hosts not in the policy skipped');
     }
-    return { hops: named, tls: { requirement: strictest([own, stsRequirement]) }, sts };
-  }
-
-  /** Under an MTA-STS policy in testing mode: what enforce mode would have refused of this attempt, or null. */
-  function stsTestingRefusal(plan: Plan, attempt: Attempt): string | null {
-    if (!('hops' in plan) || plan.sts?.policy.mode !== 'testing' || !attempt.remoteMta || !plan.tls.audit) return null;
-    if (!policyNames(plan.sts.policy, attempt.remoteMta)) return `MX host ${attempt.remoteMta} is not in the policy (mx: ${plan.sts.policy.mx.join(', ')})`;
-    return attempt.tls ? tlsRefusal(plan.tls.audit, attempt.tls, attempt.target) : null;
+    if ('defer' in allowed) return allowed;
+    return { hops: allowed.hops, tls: { requirement: strictest([own, stsRequirement]) }, sts };
   }
 
   async function deliver(claim: ClaimedMessage): Promise<'answered' | 'unreachable'> {
@@ -209,10 +201,9 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
         }
         await store.settle(message.id, owner, outcomes, now);
         recordAttempt(span, claim.route, attempt, list);
-        const testing = stsTestingRefusal(plan, attempt);
-        if (testing !== null && 'hops' in plan && plan.sts) {
-          const { policy } = plan.sts;
-          log.warn({ queueId: message.id, domain: mxDomainOf(claim.route), policyId: policy.id, relay: attempt.target, reason: testing }, 'MTA-STS testing: enforce mode would have refused this delivery');
+        if ('hops' in plan && plan.sts && plan.tls.audit && attempt.remoteMta) {
+          const reason = stsTestingRefusal(plan.sts.policy, attempt.remoteMta, attempt.target, attempt.tls ?? null, plan.tls.audit);
+          if (reason) log.warn({ queueId: message.id, domain: mxDomainOf(claim.route), policyId: plan.sts.policy.id, relay: attempt.target, reason }, 'MTA-STS testing: enforce mode would have refused this delivery');
         }
         const tls = tlsSummary(attempt);
         for (const verdict of list) {

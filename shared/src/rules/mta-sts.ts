@@ -3,6 +3,7 @@
  * and when a cached policy is used, fetched again, or refreshed. The lookups, the HTTPS fetch and
  * the cache in the store are the deliverer's (services/deliverer/src/mta-sts.ts).
  */
+import { tlsRefusal, type TlsFacts, type TlsRequirement } from './next-hop-tls.ts';
 
 export type StsMode = 'enforce' | 'testing' | 'none';
 
@@ -115,4 +116,28 @@ export function stsStep(record: StsRecord | { dnsError: string }, cached: StsPol
   if (!live || live.id !== record.id) return 'fetch';
   const age = now - live.fetchedAt;
   return age > Math.min((live.maxAge * 1000) / 2, 86_400_000) ? 'refresh' : 'cached';
+}
+
+/**
+ * The MX hosts (in their order) a delivery under `policy` may use: in enforce mode those the policy
+ * names, and the others as `skipped`; none named: the deferral (RFC 8461 5.2: never a bounce, the
+ * policy may be updated meanwhile). In testing mode all of them.
+ */
+export function stsHops<T extends { name: string }>(policy: StsPolicy, domain: string, hops: readonly T[]): { hops: T[]; skipped: string[] } | { defer: string } {
+  if (policy.mode !== 'enforce') return { hops: [...hops], skipped: [] };
+  const named = hops.filter((hop) => policyNames(policy, hop.name));
+  const skipped = [...new Set(hops.filter((hop) => !named.includes(hop)).map((hop) => hop.name))];
+  if (named.length === 0) return { defer: `4.7.5 MTA-STS policy of ${domain} (id ${policy.id}, mode enforce) names none of its MX hosts (${skipped.join(', ')}); the mail waits` };
+  return { hops: named, skipped };
+}
+
+/**
+ * Under a policy in testing mode, what enforce mode would have refused of a delivery to MX host
+ * `host` (`hop` names it with its address) whose TLS showed `facts`: an MX host outside the
+ * policy, or TLS short of `requirement` (verified for the host name); null: nothing.
+ */
+export function stsTestingRefusal(policy: StsPolicy, host: string, hop: string, facts: TlsFacts | null, requirement: TlsRequirement): string | null {
+  if (policy.mode !== 'testing') return null;
+  if (!policyNames(policy, host)) return `MX host ${host} is not in the policy (mx: ${policy.mx.join(', ')})`;
+  return facts ? tlsRefusal(requirement, facts, hop) : null;
 }
