@@ -6,7 +6,7 @@ import { makeCa, issue, selfSigned, type Certificate } from './support/certifica
 import { sendAndAttempt, startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
 import { fakeResolver } from './support/fake-resolver.ts';
 import { captureLog } from './support/log-capture.ts';
-import { tempDir } from './support/util.ts';
+import { tempDir, waitFor } from './support/util.ts';
 
 /**
  * MTA-STS (RFC 8461) for PRIMARY=mx with the fake resolver (no internet): the `_mta-sts` TXT record
@@ -25,18 +25,18 @@ let mxCert: Certificate;
 before(() => {
   dir = tempDir();
   ca = makeCa(dir.path);
-  policyCert = issue(ca, dir.path, 'policy', ['mta-sts.example.test']);
+  policyCert = issue(ca, dir.path, 'policy', ['mta-sts.example.test', 'mta-sts.origin.test']);
   // One real server plays every MX host (they share the MX port): its certificate names them all.
   mxCert = issue(ca, dir.path, 'mx', ['good.example.test', 'evil.example.test']);
 });
 after(() => dir.remove());
 
-/** A real HTTPS server serving /.well-known/mta-sts.txt; `requests` counts what it was asked. */
-async function startPolicyServer(text: string, port = 0) {
+/** A real HTTPS server serving /.well-known/mta-sts.txt for policy host `host`; `requests` counts what it was asked. */
+async function startPolicyServer(text: string, port = 0, host = 'mta-sts.example.test') {
   let requests = 0;
   const server: Server = createServer({ key: policyCert.keyPem, cert: policyCert.certPem }, (req, res) => {
     requests += 1;
-    if (req.url !== '/.well-known/mta-sts.txt' || req.headers.host !== 'mta-sts.example.test') return void res.writeHead(404).end();
+    if (req.url !== '/.well-known/mta-sts.txt' || req.headers.host !== host) return void res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'text/plain' }).end(text);
   });
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', () => resolve()));
@@ -181,5 +181,37 @@ describe('MTA-STS testing', () => {
       const [logged] = capture.entries('MTA-STS testing: enforce mode would have refused this delivery');
       assert.equal(logged?.reason, `4.7.4 TLS is required, but was not offered by host good.example.test[127.0.0.1]:${peer.port}`);
     });
+  });
+});
+
+describe('MTA-STS for reports to other domains', () => {
+  it('holds a delivery report back from a sender domain\'s MX host its enforce policy does not name', async () => {
+    const policy = await startPolicyServer(policyText('enforce', ['other.origin.test']), 0, 'mta-sts.origin.test');
+    // One real server is the primary and origin.test's MX host; it refuses bad@example.test.
+    const peer = await startPeer({ rcpt: { 'bad@example.test': '550 5.1.1 <bad@example.test>: User unknown' } });
+    const resolver = fakeResolver(
+      { 'origin.test': [{ exchange: 'mx.origin.test', priority: 10 }] },
+      { 'mx.origin.test': ['127.0.0.1'], 'mta-sts.origin.test': ['127.0.0.1'] },
+      { '_mta-sts.origin.test': [['v=STSv1; id=r1;']] },
+    );
+    const system = await startSystem(
+      { PRIMARY: `127.0.0.1:${peer.port}` },
+      { deliverer: { resolver, mxPort: peer.port, localAddresses: ['192.0.2.99'], mtaStsPort: policy.port, systemCa: [ca.certPem] } },
+    );
+    try {
+      assert.equal((await sendAndAttempt(system, 'bounce me', 'bad@example.test')).state, 'failed');
+      const report = await waitFor('the report\'s attempt', async () => {
+        const delivery = (await system.store.list({ sender: '<>' })).items[0]?.deliveries[0];
+        return delivery?.attempts ? delivery : null;
+      });
+      assert.equal(report.route, 'mx:origin.test');
+      assert.equal(report.state, 'queued');
+      assert.equal(report.lastReply, '4.7.5 MTA-STS policy of origin.test (id r1, mode enforce) names none of its MX hosts (mx.origin.test); the mail waits');
+      assert.equal(peer.messages.filter((message) => message.from === '').length, 0, 'the report did not go to the MX host outside the policy');
+    } finally {
+      await system.close();
+      await peer.close();
+      await policy.close();
+    }
   });
 });
