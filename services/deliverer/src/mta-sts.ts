@@ -66,7 +66,11 @@ export function createMtaSts(options: MtaStsOptions) {
   async function readCached(domain: string, now: number): Promise<StsPolicy | null> {
     try {
       const text = await store.cacheGet(cacheKey(domain), now);
-      return text === null ? null : (JSON.parse(text) as StsPolicy);
+      if (text === null) return null;
+      const policy = JSON.parse(text) as Partial<StsPolicy>;
+      const whole = typeof policy.id === 'string' && typeof policy.mode === 'string' && Array.isArray(policy.mx) && typeof policy.maxAge === 'number' && typeof policy.fetchedAt === 'number';
+      if (!whole) throw new Error('not a policy');
+      return policy as StsPolicy;
     } catch (error) {
       log.warn({ err: error, domain }, 'MTA-STS: cached policy unreadable');
       return null;
