@@ -986,7 +986,7 @@ describe('sqlite store: separate processes', () => {
 });
 
 describe('sqlite store: file format', () => {
-  it('refuses a file written in another format, naming the file, and leaves it alone', async () => {
+  it('refuses a file that is no backupmx store, naming the file, and leaves it alone', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
     try {
       const path = join(dir, 'store.db');
@@ -994,7 +994,7 @@ describe('sqlite store: file format', () => {
       old.exec('CREATE TABLE messages (id TEXT PRIMARY KEY, mail_from TEXT NOT NULL, recipients TEXT NOT NULL, size INTEGER NOT NULL, received_at INTEGER NOT NULL)');
       old.exec(`INSERT INTO messages VALUES ('m1', 'a@b', '[]', 1, 1)`);
       old.close();
-      await assert.rejects(openSqliteStore(path), (err: Error) => err.message.includes(path) && /format/.test(err.message));
+      await assert.rejects(openSqliteStore(path), (err: Error) => err.message.startsWith(`${path}: not a backupmx store`));
       const check = new DatabaseSync(path);
       assert.deepEqual({ ...check.prepare('SELECT id FROM messages').get() }, { id: 'm1' });
       check.close();
@@ -1035,8 +1035,55 @@ if (mongoUrl) {
     const url = mongoUrl.replace(/^(mongodb(?:\+srv)?:\/\/[^/?]+)(\/[^?]*)?/, `$1/${db}`);
     return { open: () => mod.openMongoStore(url, log), dispose: async () => {} };
   });
+
+  const { MongoClient, GridFSBucket, ObjectId } = await import('mongodb');
+  describe('mongo store: schema versions', () => {
+    const fresh = () => mongoUrl.replace(/^(mongodb(?:\+srv)?:\/\/[^/?]+)(\/[^?]*)?/, `$1/backupmx_schema_${process.pid}_${Date.now()}_${n++}`);
+
+    it('a database written before versioning (schema 1) is migrated at open and its queued mail is delivered', async () => {
+      const url = fresh();
+      const client = await new MongoClient(url).connect();
+      try {
+        const db = client.db();
+        const bodyId = new ObjectId();
+        const upload = new GridFSBucket(db, { bucketName: 'bodies' }).openUploadStreamWithId(bodyId, 'm1', { metadata: { messageId: 'm1' } });
+        await new Promise<void>((resolve, reject) => upload.once('finish', () => resolve()).once('error', reject).end(Buffer.from('Subject: m1\r\n\r\nold\r\n')));
+        const rcpts = ['a@x.test', 'b@x.test'];
+        await db.collection('messages').insertOne({ _id: 'm1' as never, mailFrom: 's@o.test', recipients: rcpts, envelope: JSON.stringify({ mailFrom: 's@o.test', rcptTo: rcpts }), size: 17, receivedAt: T0, trace: {}, delayWarnedAt: null, bodyId, settledAt: null });
+        await db.collection('deliveries').insertMany(rcpts.map((recipient, i) => ({ ...untried('m1', recipient, 'r1', T0), i, receivedAt: T0, leaseOwner: null, leaseUntil: null })));
+        const store = await mod.openMongoStore(url, log);
+        try {
+          assert.deepEqual(await db.collection('meta').findOne({ _id: 'schema' as never }, { projection: { _id: 0, version: 1 } }), { version: 2 });
+          assert.deepEqual((await db.collection('messages').findOne({ _id: 'm1' as never }))?.['routes'], ['r1', 'r1']);
+          const [claimed] = await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 10 });
+          assert.deepEqual(claimed?.deliveries.map((d) => d.recipient), rcpts);
+          assert.deepEqual(await bodyOf(store, 'm1'), Buffer.from('Subject: m1\r\n\r\nold\r\n'));
+          await store.settle('m1', 'w1', rcpts.map((recipient) => ({ recipient, result: 'delivered' as const, reply: '250 ok' })), T0 + 1);
+          assert.deepEqual((await store.stats()).delivered, 2);
+        } finally {
+          await store.close();
+        }
+      } finally {
+        await client.db().dropDatabase();
+        await client.close();
+      }
+    });
+
+    it('a database of a newer schema is refused with one line naming MONGODB_URL, and left alone', async () => {
+      const url = fresh();
+      const client = await new MongoClient(url).connect();
+      try {
+        await client.db().collection('meta').insertOne({ _id: 'schema' as never, version: 99 });
+        await assert.rejects(mod.openMongoStore(url, log), (error: Error) => /^MONGODB_URL: database \S+: store schema 99 is newer than this build's 2\b/.test(error.message));
+        assert.equal((await client.db().collection('meta').findOne({ _id: 'schema' as never }))?.['version'], 99);
+      } finally {
+        await client.db().dropDatabase();
+        await client.close();
+      }
+    });
+  });
 } else {
   describe('store contract: mongo', () => {
-    it.skip('SKIPPED: MongoDB store contract — MONGODB_URL is not set, no MongoDB server runs here', () => {});
+    it.skip('SKIPPED: MongoDB store contract and schema migrations — MONGODB_URL is not set, no MongoDB server runs here', () => {});
   });
 }

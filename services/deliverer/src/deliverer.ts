@@ -12,6 +12,7 @@ import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/type
 import { recordAttempt } from './attempt-telemetry.ts';
 import { planMx, selfFrom, type MxResolver } from './mx.ts';
 import { createMtaSts, type AppliedPolicy, type StsResolver } from './mta-sts.ts';
+import { resolveTargets, type HostLookup } from './next-hop.ts';
 import { stsHops, stsTestingRefusal } from '../../../shared/src/rules/mta-sts.ts';
 import { domainRequirement, recipientsRequirement, strictest, verified, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
 import { toOutcomes, verdicts } from '../../../shared/src/rules/outcomes.ts';
@@ -40,6 +41,8 @@ export interface DelivererOptions {
   localAddresses?: string[];
   /** Order of MX hosts of equal preference; default Math.random. */
   random?: () => number;
+  /** Addresses of a host-list route's names, asked at every attempt; default: the system resolver. */
+  lookup?: HostLookup;
 }
 
 type Plan = { hops: Hop[]; tls: HopTls; sts: AppliedPolicy | null } | { defer: string } | { fail: string };
@@ -142,15 +145,18 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
   }
 
   /**
-   * Where a route's mail goes now and what its TLS must be: the route's host list, or its domain's
-   * MX hosts (or why not now); PRIMARY_TLS of the recipients' domains; for an MX route, the domain's
+   * Where a route's mail goes now and what its TLS must be: its hosts' addresses as they resolve
+   * now, or its domain's MX hosts (or why not now); PRIMARY_TLS of the recipients' domains; for an MX route, the domain's
    * MTA-STS policy: in enforce mode only the MX hosts it names, over verified TLS; in testing mode
    * the same checks, for the log only.
    */
   async function planOf(route: string, recipients: readonly string[]): Promise<Plan> {
     const own = recipientsRequirement(config, recipients);
     const domain = mxDomainOf(route);
-    if (domain === null) return { hops: routeTargets(route), tls: { requirement: own }, sts: null };
+    if (domain === null) {
+      const resolved = await resolveTargets(routeTargets(route), options.lookup);
+      return 'hops' in resolved ? { hops: resolved.hops, tls: { requirement: own }, sts: null } : resolved;
+    }
     const [mx, sts] = await Promise.all([
       planMx(domain, { resolver, self, port: options.mxPort ?? 25, ...(options.random ? { random: options.random } : {}) }),
       mtaSts?.policyFor(domain) ?? null,

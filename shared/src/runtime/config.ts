@@ -152,7 +152,10 @@ export const configSchema = z.strictObject({
   SMTP_HOSTNAME: z.string().min(1).default(hostname()),
   HTTP_HOST: z.string().default('0.0.0.0'),
   HTTP_PORT: port.default(8025),
-  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://user:pass@host:port/vhost' }).optional(),
+  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://host:port/vhost (the user and password may go in AMQP_USER and AMQP_PASSWORD, taken literally)' }).optional(),
+  /** RabbitMQ user and password taken literally (no URL encoding), instead of those in AMQP_URL. */
+  AMQP_USER: z.string().min(1).optional(),
+  AMQP_PASSWORD: z.string().min(1).optional(),
   MONGODB_URL: z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected mongodb://host:port/db' }).optional(),
   DATA_DIR: z.string().min(1).default('./data'),
   SMARTHOST: targetText.optional(),
@@ -291,6 +294,12 @@ export function formatTarget(target: Target): string {
 }
 
 const KEYS = new Set(Object.keys(configSchema.shape));
+const given = new WeakMap<Config, ReadonlySet<string>>();
+
+/** The settings the environment or the config file gave (the others are defaults). */
+export function givenSettings(config: Config): ReadonlySet<string> {
+  return given.get(config) ?? new Set();
+}
 
 /**
  * Build the configuration from the file named by BACKUPMX_CONFIG (YAML or JSON, same keys) and the
@@ -323,5 +332,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const unknown = issue?.code === 'unrecognized_keys' ? `unknown setting ${issue.keys.join(', ')}` : null;
     throw new ConfigError(unknown ?? `${key}: ${message}`);
   }
+  given.set(result.data, new Set(Object.keys(raw)));
   return result.data;
 }

@@ -4,8 +4,71 @@
  * admin list filter.
  */
 import type { ClaimOptions, ListFilter } from './store.ts';
+import type { Delivery } from '../types.ts';
 
 export type Doc = Record<string, unknown>;
+
+/** A delivery document: the Delivery, its position in the message's recipients, claim fields. */
+export interface DeliveryDoc extends Delivery {
+  /** Position in the message's recipients. */
+  i: number;
+  receivedAt: number;
+  leaseOwner: string | null;
+  leaseUntil: number | null;
+  leaseToken?: string;
+  expireAt?: Date;
+}
+
+/** What a put completes from: the stored message document's recipients, routes and received time. */
+export interface StoredMessage {
+  _id: string;
+  /** Distinct recipients, in the sender's order. */
+  recipients: string[];
+  /** Each recipient's route, by position (schema 2; recipients are not field names: they hold dots). */
+  routes?: (string | null)[];
+  receivedAt: number;
+}
+
+/** Message documents written before schema 2, which do not name their routes. */
+export const WITHOUT_ROUTES: Doc = { routes: { $exists: false } };
+
+/** A message's routes by recipient position, from its delivery documents (null where a delivery is missing). */
+export function routesOf(recipients: string[], deliveries: { recipient: string; route: string }[]): (string | null)[] {
+  const route = new Map(deliveries.map((d) => [d.recipient, d.route]));
+  return recipients.map((recipient) => route.get(recipient) ?? null);
+}
+
+/**
+ * The delivery documents a put makes sure exist: one per recipient of the STORED message, with its
+ * stored route, due at its stored received time; never from the repeated put, which may only complete
+ * what a first put that stopped half-way left undone (insertMany unordered: the ones that exist
+ * already fail on the unique index and stay as they are). `given`: routes for recipients a schema-1
+ * document leaves unnamed; a recipient with no route at all is left out.
+ */
+export function deliveryDocs(stored: StoredMessage, given: Record<string, string>): DeliveryDoc[] {
+  return stored.recipients.flatMap((recipient, i) => {
+    const route = stored.routes?.[i] ?? given[recipient];
+    if (typeof route !== 'string') return [];
+    return [
+      {
+        messageId: stored._id,
+        recipient,
+        i,
+        route,
+        state: 'queued' as const,
+        attempts: 0,
+        nextAttemptAt: stored.receivedAt,
+        lastAttemptAt: null,
+        lastReply: null,
+        lastNextHop: null,
+        settledAt: null,
+        receivedAt: stored.receivedAt,
+        leaseOwner: null,
+        leaseUntil: null,
+      },
+    ];
+  });
+}
 
 /**
  * A delivery that may be leased now: queued; lease free or expired; due at `now` unless the claim

@@ -9,64 +9,12 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
+import type { Logger } from '../runtime/logger.ts';
+import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
 import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
-/** PRAGMA user_version of the file format below; a file of another format is refused. */
-const FORMAT = 2;
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS messages (
-  id              TEXT PRIMARY KEY,
-  mail_from       TEXT NOT NULL,
-  recipients      TEXT NOT NULL,  -- JSON: distinct recipients, in the sender's order
-  envelope        TEXT NOT NULL,  -- JSON: the Envelope as received
-  size            INTEGER NOT NULL,
-  received_at     INTEGER NOT NULL,
-  trace           TEXT NOT NULL,  -- JSON: W3C trace context, {} when none
-  delay_warned_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS bodies (
-  message_id TEXT PRIMARY KEY,
-  body       BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-  message_id      TEXT NOT NULL,
-  recipient       TEXT NOT NULL,
-  route           TEXT NOT NULL,
-  state           TEXT NOT NULL,  -- queued | held | delivered | failed
-  attempts        INTEGER NOT NULL DEFAULT 0,
-  next_attempt_at INTEGER NOT NULL,
-  last_attempt_at INTEGER,
-  last_reply      TEXT,
-  last_next_hop   TEXT,
-  settled_at      INTEGER,        -- set when delivered or failed
-  lease_owner     TEXT,
-  lease_until     INTEGER,
-  PRIMARY KEY (message_id, recipient)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-  seq        INTEGER PRIMARY KEY,
-  message_id TEXT NOT NULL,
-  recipient  TEXT NOT NULL,
-  at         INTEGER NOT NULL,
-  next_hop   TEXT,
-  result     TEXT NOT NULL,
-  reply      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cache (
-  key        TEXT PRIMARY KEY,
-  value      TEXT NOT NULL,
-  expires_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries (route, state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (settled_at);
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at, id);
-CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
-CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_at);
-`;
-
 const MESSAGE_COLUMNS = 'id, mail_from, recipients, envelope, size, received_at, trace, delay_warned_at';
 const DELIVERY_COLUMNS =
   'message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply, last_next_hop, settled_at';
@@ -143,8 +91,11 @@ function inRecipientOrder(message: MessageInfo, deliveries: Delivery[]): Deliver
   return deliveries.sort((a, b) => (index.get(a.recipient) ?? 0) - (index.get(b.recipient) ?? 0));
 }
 
-/** Open (creating when missing) the store file at `path`. */
-export async function openSqliteStore(path: string): Promise<Store> {
+/**
+ * Open (creating when missing) the store file at `path`. A file written by an older build is
+ * migrated forward first (sqlite-schema.ts), in one transaction; a newer one is refused, untouched.
+ */
+export async function openSqliteStore(path: string, options: { log?: Logger } = {}): Promise<Store> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
   let open = true;
@@ -163,17 +114,11 @@ export async function openSqliteStore(path: string): Promise<Store> {
   }
 
   try {
+    checkSchema(db, path); // a newer or foreign file is refused before WAL mode changes its header
     db.exec('PRAGMA journal_mode = WAL');
     db.exec('PRAGMA synchronous = FULL');
-    tx(() => {
-      const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
-      const used = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'`).get();
-      if (version !== FORMAT && (version !== 0 || used)) {
-        throw new Error(`${path}: store file format ${version} is not ${FORMAT} (written by another build); move the file away`);
-      }
-      db.exec(SCHEMA);
-      db.exec(`PRAGMA user_version = ${FORMAT}`);
-    });
+    const { from, steps } = tx(() => prepareSchema(db, path));
+    if (steps.length > 0) options.log?.info({ path, from, to: SQLITE_SCHEMA_VERSION, steps }, 'store migrated to the current schema');
   } catch (err) {
     db.close();
     throw err;
