@@ -16,6 +16,7 @@ let dir: ReturnType<typeof tempDir>;
 let ca: Certificate;
 let signed: Certificate;
 let wrongName: Certificate;
+let namedOnly: Certificate;
 let self: Certificate;
 let otherSelf: Certificate;
 
@@ -24,6 +25,7 @@ before(() => {
   ca = makeCa(dir.path);
   signed = issue(ca, dir.path, 'primary', ['primary.example.test', '127.0.0.1']);
   wrongName = issue(ca, dir.path, 'elsewhere', ['elsewhere.example.test']);
+  namedOnly = issue(ca, dir.path, 'named', ['primary.example.test']);
   self = selfSigned(dir.path, 'self', ['127.0.0.1']);
   otherSelf = selfSigned(dir.path, 'other-self', ['127.0.0.1']);
 });
@@ -104,6 +106,36 @@ describe('PRIMARY_TLS=verify', () => {
       assert.match(strict.lastReply ?? '', /^4\.7\.4 TLS is required, but was not offered/);
       assert.equal(peer.mailCommands(), 1, 'only the plain domain\'s MAIL');
     });
+  });
+});
+
+describe('PRIMARY_TLS=verify with a primary named by host name', () => {
+  // PRIMARY names a host; each attempt looks its address up and connects there (issue 13): the
+  // certificate must name the host, whatever address it has.
+  const lookup = async (host: string) => (host === 'primary.example.test' ? [{ address: '127.0.0.1', family: 4 }] : []);
+
+  async function attempt(certificate: Certificate) {
+    const peer = await startPeer({}, { tls: { key: certificate.keyPem, cert: certificate.certPem } });
+    const system = await startSystem({ PRIMARY: `primary.example.test:${peer.port}`, PRIMARY_TLS: 'verify', PRIMARY_TLS_CA: ca.cert }, { deliverer: { lookup } });
+    try {
+      return { delivery: await sendAndAttempt(system, 'named primary'), peer };
+    } finally {
+      await system.close();
+      await peer.close();
+    }
+  }
+
+  it('delivers when the certificate names the host (not its address)', async () => {
+    const { delivery, peer } = await attempt(namedOnly);
+    assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
+    assert.equal(delivery.lastNextHop, `primary.example.test[127.0.0.1]:${peer.port}`);
+  });
+
+  it('defers with 4.7.5 when it names another host', async () => {
+    const { delivery, peer } = await attempt(wrongName);
+    assert.equal(delivery.state, 'queued');
+    assert.match(delivery.lastReply ?? '', new RegExp(`^4\\.7\\.5 Server certificate not verified: host primary\\.example\\.test\\[127\\.0\\.0\\.1\\]:${peer.port} \\(.*primary\\.example\\.test.*\\)$`));
+    assert.equal(peer.mailCommands(), 0);
   });
 });
 
