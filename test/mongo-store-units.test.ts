@@ -9,12 +9,15 @@ import { describe, it } from 'node:test';
 import { createRequire } from 'node:module';
 import { find, Query, updateMany, updateOne } from 'mingo';
 import {
+  bulkChange,
   CLAIM_ORDER,
   claimFilter,
   deliveryDocs,
+  deliveryMatch,
   hasWritableServer,
   leaseUpdate,
   listFilter,
+  listOrder,
   notTaken,
   routesOf,
   WITHOUT_ROUTES,
@@ -144,6 +147,47 @@ describe('mongo store: list filter', () => {
     assert.deepEqual(ids({ domain: 'example.com', recipient: 'u2' }), ['b']);
     assert.deepEqual(ids({ domain: 'example.com', recipient: 'u1', sender: '<>' }), []);
     assert.deepEqual(ids({}), ['a', 'b', 'c', 'd']);
+  });
+});
+
+describe('mongo store: list filter on deliveries, order, bulk changes', () => {
+  const docs = [
+    delivery('m1 a@x.test', { state: 'delivered' }),
+    delivery('m1 b@y.test'),
+    delivery('m2 c@X.TEST', { state: 'held' }),
+    delivery('m3 d@y.test', { state: 'failed' }),
+    delivery('m4 e@sub.x.test'),
+  ];
+  const hits = (filter: Parameters<typeof deliveryMatch>[0]) => {
+    const match = deliveryMatch(filter);
+    return match === null ? null : names(docs.filter((d) => new Query(match).test(d)));
+  };
+
+  it('state, domain and recipient match one delivery document together', () => {
+    assert.deepEqual(hits({ domain: 'x.test', state: 'queued' }), []);
+    assert.deepEqual(hits({ domain: 'y.test', state: 'queued' }), ['m1 b@y.test']);
+    assert.deepEqual(hits({ domain: 'x.test', state: ['queued', 'held'] }), ['m2 c@X.TEST'], 'exact domain, any case, not a subdomain');
+    assert.deepEqual(hits({ recipient: 'D@', state: 'failed' }), ['m3 d@y.test']);
+    assert.deepEqual(hits({ state: [] }), []);
+    assert.equal(hits({ sender: 'x', receivedBefore: T0 }), null, 'nothing to match on deliveries: no $lookup');
+  });
+
+  it('sorts newest first unless asked for the oldest', () => {
+    const messages = [{ _id: 'b', receivedAt: T0 }, { _id: 'a', receivedAt: T0 }, { _id: 'c', receivedAt: T0 + 1 }];
+    assert.deepEqual((find(messages, {}).sort(listOrder({})).all() as Doc[]).map((m) => m['_id']), ['c', 'b', 'a']);
+    assert.deepEqual((find(messages, {}).sort(listOrder({ order: 'oldest' })).all() as Doc[]).map((m) => m['_id']), ['a', 'b', 'c']);
+  });
+
+  it('bulk hold, release and retry change the deliveries the one-message operations change', () => {
+    const apply = (action: 'hold' | 'release' | 'retry', ids: string[]) => {
+      const copy: Doc[] = docs.map((d) => ({ ...d, leaseOwner: 'w', leaseUntil: T0 + MIN }));
+      const { filter, update } = bulkChange(action, ids, T0 + 5);
+      updateMany(copy, filter, update);
+      return copy.map((d) => `${String(d['messageId'])} ${String(d['state'])} ${String(d['nextAttemptAt'])} ${String(d['leaseOwner'])}`);
+    };
+    assert.deepEqual(apply('hold', ['m1', 'm2', 'm4']), [`m1 delivered ${T0} w`, `m1 held ${T0} w`, `m2 held ${T0} w`, `m3 failed ${T0} w`, `m4 held ${T0} w`]);
+    assert.deepEqual(apply('release', ['m1', 'm2']), [`m1 delivered ${T0} w`, `m1 queued ${T0} w`, `m2 queued ${T0 + 5} w`, `m3 failed ${T0} w`, `m4 queued ${T0} w`]);
+    assert.deepEqual(apply('retry', ['m1', 'm2', 'm3']), [`m1 delivered ${T0} w`, `m1 queued ${T0 + 5} null`, `m2 held ${T0} w`, `m3 failed ${T0} w`, `m4 queued ${T0} w`]);
   });
 });
 

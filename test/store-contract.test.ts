@@ -853,6 +853,79 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.deepEqual(await ids({ limit: 2, offset: 4 }), { total: 4, ids: [] });
     });
 
+    it('list matches state, domain and recipient on one delivery; takes several states; sorts oldest first', async () => {
+      await store.put(mail('D1', ['a@x.test', 'b@y.test'], T0 + 1), via('r1', ['a@x.test', 'b@y.test']));
+      await store.put(mail('D2', ['c@x.test'], T0 + 2), via('r1', ['c@x.test']));
+      await store.put(mail('D3', ['d@y.test'], T0 + 3), via('r1', ['d@y.test']));
+      await store.claim({ route: 'r1', now: T0 + 3, leaseMs: MIN, owner: 'w', limit: 10 });
+      // D1: delivered to x.test, still queued for y.test. D2 held. D3 failed.
+      await store.settle('D1', 'w', [{ recipient: 'a@x.test', result: 'delivered', reply: '250' }], T0 + 4);
+      await store.settle('D3', 'w', [{ recipient: 'd@y.test', result: 'failed', reply: '550' }], T0 + 4);
+      await store.hold('D2');
+      const ids = async (filter: Parameters<Store['list']>[0]) => (await store.list(filter)).items.map((i) => i.message.id);
+
+      assert.deepEqual(await ids({ domain: 'x.test', state: 'queued' }), [], 'D1 is queued only for y.test');
+      assert.deepEqual(await ids({ domain: 'y.test', state: 'queued' }), ['D1']);
+      assert.deepEqual(await ids({ domain: 'x.test', state: 'delivered' }), ['D1']);
+      assert.deepEqual(await ids({ recipient: 'a@', state: 'queued' }), []);
+      assert.deepEqual(await ids({ recipient: 'b@', state: 'queued', domain: 'y.test' }), ['D1']);
+      assert.deepEqual(await ids({ state: ['queued', 'held'] }), ['D2', 'D1']);
+      assert.deepEqual(await ids({ state: ['queued', 'held'], domain: 'x.test' }), ['D2'], 'what is waiting for x.test');
+      assert.equal((await store.list({ state: ['queued', 'held'], domain: 'x.test' })).total, 1);
+      assert.deepEqual(await ids({ state: [] }), [], 'no state at all matches nothing');
+      assert.deepEqual(await ids({ order: 'oldest' }), ['D1', 'D2', 'D3']);
+      assert.deepEqual(await ids({ order: 'newest' }), ['D3', 'D2', 'D1']);
+      assert.deepEqual(await ids({ order: 'oldest', limit: 1, offset: 1 }), ['D2']);
+    });
+
+    it('bulk holds, releases, retries and removes many messages with the rules of the one-message operations', async () => {
+      await store.put(mail('B1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('B2', ['c@x.test'], T0 + 1), via('r1', ['c@x.test']));
+      await store.put(mail('B3', ['d@x.test'], T0 + 2), via('r1', ['d@x.test']));
+      await store.claim({ route: 'r1', now: T0 + 2, leaseMs: 10 * MIN, owner: 'w', limit: 10 });
+      await store.settle('B1', 'w', [{ recipient: 'a@x.test', result: 'delivered', reply: '250' }], T0 + 3);
+      await store.settle('B3', 'w', [{ recipient: 'd@x.test', result: 'deferred', reply: '451', nextAttemptAt: T0 + 60 * MIN }], T0 + 3);
+
+      assert.deepEqual(await store.bulk('hold', ['B1', 'nope', 'B3'], T0 + 4), { messages: ['B1', 'B3'], deliveries: 2 }, 'the delivered recipient is not held');
+      assert.deepEqual(await store.bulk('hold', ['B1', 'B3'], T0 + 4), { messages: [], deliveries: 0 });
+      assert.deepEqual((await store.getMessage('B1'))?.deliveries.map((d) => d.state), ['delivered', 'held']);
+      assert.deepEqual(await store.bulk('retry', ['B1', 'B2', 'B3'], T0 + 5), { messages: ['B2'], deliveries: 1 }, 'held mail is not retried');
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 5, leaseMs: MIN, owner: 'w2', limit: 10 })), ['B2 c@x.test'], 'retry dropped the lease and made it due');
+      assert.deepEqual(await store.bulk('release', ['B3', 'B1'], T0 + 6), { messages: ['B3', 'B1'], deliveries: 2 });
+      assert.deepEqual(
+        (await store.getMessage('B3'))?.deliveries.map((d) => [d.state, d.nextAttemptAt]),
+        [['queued', T0 + 6]],
+        'released: due now',
+      );
+      assert.deepEqual(await store.bulk('remove', ['B2', 'nope', 'B1'], T0 + 7), { messages: ['B2', 'B1'], deliveries: 3 });
+      assert.equal(await store.getMessage('B1'), null);
+      await assert.rejects(store.readBody('B2'), /B2/);
+      assert.deepEqual(await store.bulk('remove', ['B2'], T0 + 7), { messages: [], deliveries: 0 });
+      assert.deepEqual(await store.bulk('hold', [], T0 + 7), { messages: [], deliveries: 0 });
+      assert.deepEqual((await store.list({})).items.map((i) => i.message.id), ['B3']);
+    });
+
+    it('bulk handles more messages than one batch', async () => {
+      const many = Array.from({ length: 1203 }, (_, i) => `N${String(i).padStart(5, '0')}`);
+      for (const [i, id] of many.entries()) await store.put(mail(id, ['a@x.test'], T0 + i), via('r1', ['a@x.test']));
+      const held = await store.bulk('hold', many, T0 + 9999);
+      assert.equal(held.messages.length, 1203);
+      assert.equal(held.deliveries, 1203);
+      assert.equal((await store.stats()).held, 1203);
+    });
+
+    it('activity counts messages received and deliveries settled since a time', async () => {
+      await store.put(mail('A1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('A2', ['c@x.test'], T0 + 10 * MIN), via('r1', ['c@x.test']));
+      await store.claim({ route: 'r1', now: T0 + 10 * MIN, leaseMs: MIN, owner: 'w', limit: 10 });
+      await store.settle('A1', 'w', [{ recipient: 'a@x.test', result: 'delivered', reply: '250' }, { recipient: 'b@x.test', result: 'failed', reply: '550' }], T0 + 10 * MIN);
+      await store.settle('A2', 'w', [{ recipient: 'c@x.test', result: 'delivered', reply: '250' }], T0 + 20 * MIN);
+      assert.deepEqual(await store.activity(T0), { received: 2, delivered: 2, failed: 1 });
+      assert.deepEqual(await store.activity(T0 + 10 * MIN), { received: 1, delivered: 2, failed: 1 }, 'at or after');
+      assert.deepEqual(await store.activity(T0 + 15 * MIN), { received: 0, delivered: 1, failed: 0 });
+      assert.deepEqual(await store.activity(T0 + 21 * MIN), { received: 0, delivered: 0, failed: 0 });
+    });
+
     it('list returns 50 messages unless asked for more', async () => {
       for (let i = 0; i < 52; i++) await store.put(mail(`m${String(i).padStart(2, '0')}`, ['a@x.test'], T0 + i), via('r1', ['a@x.test']));
       const page = await store.list({});

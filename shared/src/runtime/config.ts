@@ -7,6 +7,7 @@ import { parseDuration } from '../rules/duration.ts';
 import { normalizeDomain } from '../rules/address.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
 import { pemCertificates } from '../mail/peer-tls.ts';
+import { parsePasswordHash } from '../rules/password-hash.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
 export interface Target {
@@ -119,8 +120,22 @@ const primaryList = (empty: string) =>
       .refine((items) => !items.includes('mx') || items.length === 1, { error: 'mx (deliver by DNS MX) cannot be combined with other targets' }),
   );
 
+/** A domain viewer of the web console: a user name and a password hash from `backupmx hash-password`. */
+const viewers = z
+  .record(
+    z.string(),
+    z.string().refine((text) => parsePasswordHash(text) !== null, 'expected a password hash made by `backupmx hash-password` ($scrypt$ln=...)'),
+  )
+  .superRefine((names, ctx) => {
+    for (const name of Object.keys(names)) {
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'expected a user name of letters, digits, dot, dash or underscore' });
+    }
+  });
+
 const domainSettings = z
   .strictObject({
+    /** The emergency inbox: who may read this domain's waiting mail in the web console (sign in as NAME@domain). */
+    VIEWERS: viewers.optional(),
     PRIMARY: primaryList('name at least one host[:port], or mx').optional(),
     /** Valid recipients, inline (issue 5); others get 550 5.1.1. */
     RECIPIENTS: z.preprocess(list, z.array(recipientEntry)).optional(),
@@ -242,6 +257,13 @@ export const configSchema = z.strictObject({
   PRIMARY_TLS_PIN: tlsPins.default([]),
   /** Apply MTA-STS (RFC 8461) policies on MX routes. */
   MTA_STS: boolean.default(true),
+  // Web console and admin API walls (issue 10).
+  /** false: no web console at / (the admin API stays). */
+  CONSOLE: boolean.default(true),
+  /** The address(es) people use for the console and API, e.g. https://backupmx.example.com: their names pass the Host check, their origins the Origin check; https makes session cookies Secure. */
+  PUBLIC_URL: z.preprocess(list, z.array(z.url({ protocol: /^https?$/, error: 'expected http(s) URLs, comma separated, e.g. https://backupmx.example.com' }))).default([]),
+  /** How long a console sign-in lasts. */
+  CONSOLE_SESSION_LIFETIME: duration.default(8 * 3_600_000),
   domains: z.record(domainName, domainSettings).default({}),
 }).superRefine((config, ctx) => {
   // Pins ask for TLS: under may (which goes on without it) they would be ignored.

@@ -3,7 +3,7 @@
  * which delivery documents a claim may lease, the update that leases them, their order, and the
  * admin list filter.
  */
-import type { ClaimOptions, ListFilter } from './store.ts';
+import type { BulkAction, ClaimOptions, ListFilter } from './store.ts';
 import type { Delivery } from '../types.ts';
 
 export type Doc = Record<string, unknown>;
@@ -116,6 +116,35 @@ export function listFilter(f: ListFilter): Doc {
   if (f.domain !== undefined) and.push({ recipients: literal(`@${f.domain}`, true) });
   if (f.recipient !== undefined) and.push({ recipients: literal(f.recipient) });
   return and.length === 0 ? {} : { $and: and };
+}
+
+/**
+ * The delivery-level part of the list filter (state, domain, recipient on one delivery document), or
+ * null when the filter has none: the same matches as the SQLite adapter's EXISTS.
+ */
+export function deliveryMatch(f: ListFilter): Doc | null {
+  const and: Doc[] = [];
+  if (f.state !== undefined) and.push({ state: Array.isArray(f.state) ? { $in: f.state } : f.state });
+  if (f.domain !== undefined) and.push({ recipient: literal(`@${f.domain}`, true) });
+  if (f.recipient !== undefined) and.push({ recipient: literal(f.recipient) });
+  return and.length === 0 ? null : { $and: and };
+}
+
+/** Newest (default) or oldest message first. */
+export function listOrder(f: ListFilter): { receivedAt: 1 | -1; _id: 1 | -1 } {
+  const direction = f.order === 'oldest' ? 1 : -1;
+  return { receivedAt: direction, _id: direction };
+}
+
+/**
+ * Which delivery documents of `ids` hold / release / retry change, and how: the same rules as the
+ * one-message operations (hold: queued; release: held, due now; retry: queued, due now, lease dropped).
+ */
+export function bulkChange(action: Exclude<BulkAction, 'remove'>, ids: string[], now: number): { filter: Doc; update: Doc } {
+  const messageId = { $in: ids };
+  if (action === 'hold') return { filter: { messageId, state: 'queued' }, update: { $set: { state: 'held' } } };
+  if (action === 'release') return { filter: { messageId, state: 'held' }, update: { $set: { state: 'queued', nextAttemptAt: now } } };
+  return { filter: { messageId, state: 'queued' }, update: { $set: { nextAttemptAt: now, leaseOwner: null, leaseUntil: null } } };
 }
 
 /** True when the driver sees a server that takes writes (a replica set primary, a standalone, mongos). */

@@ -22,10 +22,10 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GridFSBucket, MongoBulkWriteError, MongoClient, ObjectId, type Db, type Filter } from 'mongodb';
 import type { Logger } from '../runtime/logger.ts';
-import { CLAIM_ORDER, claimFilter, deliveryDocs, hasWritableServer, leaseUpdate, listFilter, notTaken, type DeliveryDoc } from './mongo-queries.ts';
+import { bulkChange, CLAIM_ORDER, claimFilter, deliveryDocs, deliveryMatch, hasWritableServer, leaseUpdate, listFilter, listOrder, notTaken, type DeliveryDoc } from './mongo-queries.ts';
 import { prepareMongoSchema } from './mongo-schema.ts';
 import { StoreSchemaError } from './schema-version.ts';
-import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 import { ConfigError } from '../runtime/config.ts';
 
@@ -117,6 +117,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
         { key: { route: 1, state: 1, receivedAt: 1, messageId: 1 } }, // claims of one route, oldest first
         { key: { route: 1, state: 1, nextAttemptAt: 1 } }, // due work, nextDue
         { key: { state: 1, receivedAt: 1, messageId: 1 } }, // claims of any route, stats
+        { key: { settledAt: 1 } }, // activity (the console's last hour)
         { key: { expireAt: 1 }, expireAfterSeconds: 0 },
       ]),
       messages.createIndexes([
@@ -286,18 +287,19 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       assertOpen();
       const limit = Math.max(0, Math.min(filter.limit ?? 50, 1000));
       const skip = Math.max(0, filter.offset ?? 0);
+      const onDelivery = deliveryMatch(filter);
       const matching = [
         { $match: listFilter(filter) },
-        ...(filter.state === undefined
+        ...(onDelivery === null
           ? []
           : [
-              { $lookup: { from: 'deliveries', localField: '_id', foreignField: 'messageId', pipeline: [{ $match: { state: filter.state } }, { $limit: 1 }, { $project: { _id: 1 } }], as: 'hit' } },
+              { $lookup: { from: 'deliveries', localField: '_id', foreignField: 'messageId', pipeline: [{ $match: onDelivery }, { $limit: 1 }, { $project: { _id: 1 } }], as: 'hit' } },
               { $match: { 'hit.0': { $exists: true } } },
               { $project: { hit: 0 } },
             ]),
       ];
       const [counted] = await messages.aggregate<{ n: number }>([...matching, { $count: 'n' }]).toArray();
-      const page = limit === 0 ? [] : await messages.aggregate<MessageDoc>([...matching, { $sort: { receivedAt: -1, _id: -1 } }, { $skip: skip }, { $limit: limit }]).toArray();
+      const page = limit === 0 ? [] : await messages.aggregate<MessageDoc>([...matching, { $sort: listOrder(filter) }, { $skip: skip }, { $limit: limit }]).toArray();
       return { total: counted?.n ?? 0, items: await summaries(page) };
     },
 
@@ -321,6 +323,37 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       assertOpen();
       const doc = await messages.findOne({ _id: messageId }, { projection: { bodyId: 1 } });
       return doc ? removeMessage(messageId, doc.bodyId) : false;
+    },
+
+    async bulk(action: BulkAction, messageIds: string[], now: number): Promise<BulkResult> {
+      assertOpen();
+      const result: BulkResult = { messages: [], deliveries: 0 };
+      for (let start = 0; start < messageIds.length; start += 1000) {
+        const ids = messageIds.slice(start, start + 1000);
+        if (action === 'remove') {
+          for (const doc of await messages.find({ _id: { $in: ids } }, { projection: { bodyId: 1 } }).toArray()) {
+            const count = await deliveries.countDocuments({ messageId: doc._id });
+            if (await removeMessage(doc._id, doc.bodyId)) {
+              result.messages.push(doc._id);
+              result.deliveries += Math.max(1, count);
+            }
+          }
+          continue;
+        }
+        const { filter, update } = bulkChange(action, ids, now);
+        const touched = new Set((await deliveries.distinct('messageId', filter as Filter<DeliveryDoc>)) as string[]);
+        result.deliveries += (await deliveries.updateMany(filter as Filter<DeliveryDoc>, update)).matchedCount;
+        result.messages.push(...ids.filter((id) => touched.has(id)));
+      }
+      return result;
+    },
+
+    async activity(since: number): Promise<Activity> {
+      assertOpen();
+      const received = await messages.countDocuments({ receivedAt: { $gte: since } });
+      const settled = await deliveries.aggregate<{ _id: DeliveryState; n: number }>([{ $match: { settledAt: { $gte: since } } }, { $group: { _id: '$state', n: { $sum: 1 } } }]).toArray();
+      const count = (state: DeliveryState) => settled.find((group) => group._id === state)?.n ?? 0;
+      return { received, delivered: count('delivered'), failed: count('failed') };
     },
 
     async takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]> {

@@ -11,10 +11,12 @@ import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
 import type { Logger } from '../runtime/logger.ts';
 import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
-import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
+/** Messages changed per transaction by bulk(). */
+const BULK_CHUNK = 500;
 const MESSAGE_COLUMNS = 'id, mail_from, recipients, envelope, size, received_at, trace, delay_warned_at';
 const DELIVERY_COLUMNS =
   'message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply, last_next_hop, settled_at';
@@ -27,11 +29,11 @@ const CLAIMABLE = `d.state = 'queued' AND d.next_attempt_at <= :dueBy
 /** The list filter; a null parameter does not filter. */
 const LISTED = `(:receivedBefore IS NULL OR m.received_at <= :receivedBefore)
   AND (:sender IS NULL OR (:sender = '<>' AND m.mail_from = '') OR instr(lower(m.mail_from), lower(:sender)) > 0)
-  AND (:state IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state = :state))
-  AND (:domain IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
-        AND lower(substr(d.recipient, -length(:domain) - 1)) = '@' || lower(:domain)))
-  AND (:recipient IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
-        AND instr(lower(d.recipient), lower(:recipient)) > 0))`;
+  AND ((:states IS NULL AND :domain IS NULL AND :recipient IS NULL) OR EXISTS (
+        SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+          AND (:states IS NULL OR d.state IN (SELECT value FROM json_each(:states)))
+          AND (:domain IS NULL OR lower(substr(d.recipient, -length(:domain) - 1)) = '@' || lower(:domain))
+          AND (:recipient IS NULL OR instr(lower(d.recipient), lower(:recipient)) > 0)))`;
 
 interface MessageRow {
   id: string;
@@ -178,6 +180,11 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     list: db.prepare(
       `SELECT ${MESSAGE_COLUMNS} FROM messages m WHERE ${LISTED} ORDER BY m.received_at DESC, m.id DESC LIMIT :limit OFFSET :offset`,
     ),
+    listOldest: db.prepare(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages m WHERE ${LISTED} ORDER BY m.received_at, m.id LIMIT :limit OFFSET :offset`,
+    ),
+    receivedSince: db.prepare('SELECT COUNT(*) AS n FROM messages WHERE received_at >= ?'),
+    settledSince: db.prepare('SELECT state, COUNT(*) AS n FROM deliveries WHERE settled_at >= ? GROUP BY state'),
     listed: db.prepare(`SELECT COUNT(*) AS n FROM messages m WHERE ${LISTED}`),
     hold: db.prepare(`UPDATE deliveries SET state = 'held' WHERE message_id = ? AND state = 'queued'`),
     release: db.prepare(`UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE message_id = ? AND state = 'held'`),
@@ -328,7 +335,7 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     async list(filter: ListFilter): Promise<{ total: number; items: MessageSummary[] }> {
       assertOpen();
       const where = {
-        state: filter.state ?? null,
+        states: filter.state === undefined ? null : JSON.stringify([filter.state].flat()),
         domain: filter.domain ?? null,
         sender: filter.sender ?? null,
         recipient: filter.recipient ?? null,
@@ -337,7 +344,7 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       const page = { limit: Math.max(0, Math.min(filter.limit ?? 50, 1000)), offset: Math.max(0, filter.offset ?? 0) };
       return tx(() => {
         const total = (q.listed.get(where) as { n: number }).n;
-        const rows = q.list.all({ ...where, ...page }) as unknown as MessageRow[];
+        const rows = (filter.order === 'oldest' ? q.listOldest : q.list).all({ ...where, ...page }) as unknown as MessageRow[];
         const items = rows.map((row) => {
           const message = toMessage(row);
           return { message, deliveries: readDeliveries(message) };
@@ -364,6 +371,42 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     async remove(messageId: string): Promise<boolean> {
       assertOpen();
       return tx(() => deleteMessage(messageId));
+    },
+
+    async bulk(action: BulkAction, messageIds: string[], now: number): Promise<BulkResult> {
+      assertOpen();
+      const one = {
+        hold: (id: string) => Number(q.hold.run(id).changes),
+        release: (id: string) => Number(q.release.run(now, id).changes),
+        retry: (id: string) => Number(q.retryNow.run(now, id).changes),
+        remove: (id: string) => {
+          const deliveries = Number(q.deleteDeliveries.run(id).changes);
+          return deleteMessage(id) ? Math.max(1, deliveries) : 0;
+        },
+      }[action];
+      const result: BulkResult = { messages: [], deliveries: 0 };
+      // A few hundred per transaction: one fsync for many, and deliverers get the lock in between.
+      for (let start = 0; start < messageIds.length; start += BULK_CHUNK) {
+        tx(() => {
+          for (const id of messageIds.slice(start, start + BULK_CHUNK)) {
+            const changed = one(id);
+            if (changed > 0) {
+              result.messages.push(id);
+              result.deliveries += changed;
+            }
+          }
+        });
+      }
+      return result;
+    },
+
+    async activity(since: number): Promise<Activity> {
+      assertOpen();
+      return tx(() => {
+        const counts: Record<string, number> = {};
+        for (const r of q.settledSince.all(since) as unknown as { state: string; n: number }[]) counts[r.state] = r.n;
+        return { received: (q.receivedSince.get(since) as { n: number }).n, delivered: counts['delivered'] ?? 0, failed: counts['failed'] ?? 0 };
+      }, 'DEFERRED');
     },
 
     async takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]> {
