@@ -1,23 +1,15 @@
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { execFileSync } from 'node:child_process';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect as connectTls, type TLSSocket } from 'node:tls';
 import nodemailer from 'nodemailer';
+import { makeCertificate } from './support/certificate.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { openSession, smtpReplies } from './support/smtp-session.ts';
 import { tempDir, waitFor } from './support/util.ts';
-
-/** A self-signed certificate made now with openssl (no keys are checked in). */
-function makeCertificate(dir: string, name: string, cn: string): { cert: string; key: string } {
-  const cert = join(dir, `${name}.crt`);
-  const key = join(dir, `${name}.key`);
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${cn}`, '-addext', `subjectAltName=DNS:${cn}`, '-keyout', key, '-out', cert], { stdio: 'ignore' });
-  return { cert, key };
-}
 
 /** EHLO, STARTTLS, then a TLS session on the same connection (certificate not checked: self-signed). */
 async function startTls(port: number, options: { maxVersion?: 'TLSv1.1' | 'TLSv1.3'; minVersion?: 'TLSv1' | 'TLSv1.2'; ciphers?: string } = {}): Promise<TLSSocket> {

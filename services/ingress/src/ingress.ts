@@ -42,8 +42,9 @@ function balancers(config: Config, log: Logger): ProxyProtocolOptions {
       proxyHeaders.inc({ version: String(header.version), command: header.command });
       log.debug({ balancer, client: header.source?.address ?? balancer, version: header.version, command: header.command }, 'PROXY header');
     },
-    refused(balancer, reason, detail) {
+    refused(balancer, reason, text) {
       proxyRefusals.inc({ reason });
+      const detail = text.startsWith('not a PROXY') ? `${text}: PROXY_FROM trusts ${balancer}, so it must send one (HAProxy: send-proxy or send-proxy-v2)` : text;
       // A connection closed before its first byte is what a balancer's plain TCP health check does.
       if (reason === 'empty') log.debug({ balancer, reason, detail }, 'connection from balancer closed: no PROXY header');
       else log.warn({ balancer, reason, detail }, 'connection refused: no valid PROXY header');
