@@ -53,6 +53,15 @@ function rawConnection(port: number, bytes: Buffer | string | null, options: { l
   return new Promise<{ received: string; afterMs: number }>((resolve) => socket.on('close', () => resolve({ received: Buffer.concat(chunks).toString('latin1'), afterMs: Date.now() - started })));
 }
 
+type Session = Awaited<ReturnType<typeof openSession>>;
+/** EHLO, MAIL, RCPT and DATA on an open session (each must be accepted); the queue id of the message. */
+async function sendOne(smtp: Session | ReturnType<typeof smtpReplies>, helo: string, from: string, message: string): Promise<string> {
+  for (const [line, reply] of [[`EHLO ${helo}`, /^250 /], [`MAIL FROM:<${from}>`, /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await smtp.command(line), reply, line);
+  const answer = await smtp.data(`${message}\r\n.\r\n`);
+  smtp.close();
+  return /queued as (\w+)/.exec(answer)?.[1] ?? assert.fail(`not queued: ${answer}`);
+}
+
 describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 and v2`, () => {
   const dir = tempDir();
   const logs = join(dir.path, 'logs');
@@ -211,10 +220,7 @@ describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 an
   it('an IPv6 client of HAProxy arrives as TCP6 in a v1 header', async () => {
     const smtp = await openSession(front.loop6 ?? 0, '::1');
     assert.match(smtp.greeting, /^220 /);
-    for (const [line, reply] of [['EHLO six.origin.test', /^250 /], ['MAIL FROM:<six@origin.test>', /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await smtp.command(line), reply);
-    const id = /queued as (\w+)/.exec(await smtp.data('Subject: six\r\n\r\nover IPv6\r\n.\r\n'))?.[1];
-    smtp.close();
-    assert.ok(id);
+    const id = await sendOne(smtp, 'six.origin.test', 'six@origin.test', 'Subject: six\r\n\r\nover IPv6');
     await expectStored(1);
     assert.equal(receivedFrom(await readStored(store, id)), '[IPv6:::1]');
   });
@@ -240,10 +246,7 @@ describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 an
       const socket = connect(join(dir.path, path));
       const smtp = smtpReplies(socket);
       assert.match(await smtp.reply(), /^220 /);
-      for (const [line, reply] of [['EHLO unix.origin.test', /^250 /], ['MAIL FROM:<unix@origin.test>', /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await smtp.command(line), reply);
-      const id = /queued as (\w+)/.exec(await smtp.data(`Subject: unix ${index}\r\n\r\nover a UNIX socket\r\n.\r\n`))?.[1];
-      smtp.close();
-      assert.ok(id);
+      const id = await sendOne(smtp, 'unix.origin.test', 'unix@origin.test', `Subject: unix ${index}\r\n\r\nover a UNIX socket`);
       ids.push(id);
     }
     await expectStored(2);
@@ -272,10 +275,7 @@ describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 an
     const smtp = await openSession(ingressPorts.a ?? 0, '127.0.0.1', '127.0.0.2');
     assert.match(smtp.greeting, /^220 /);
     assert.equal(await smtp.command('PROXY TCP4 203.0.113.66 127.0.0.1 4000 25'), '500 5.5.2 Error: command not recognized');
-    for (const [line, reply] of [['EHLO forger.origin.test', /^250 /], ['MAIL FROM:<forger@origin.test>', /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await smtp.command(line), reply);
-    const id = /queued as (\w+)/.exec(await smtp.data('Subject: forged\r\n\r\nnot from 203.0.113.66\r\n.\r\n'))?.[1];
-    smtp.close();
-    assert.ok(id);
+    const id = await sendOne(smtp, 'forger.origin.test', 'forger@origin.test', 'Subject: forged\r\n\r\nnot from 203.0.113.66');
     await expectStored(1);
     assert.equal(receivedFrom(await readStored(store, id)), '[127.0.0.2]');
     // A binary v2 header from a stranger: its signature holds a QUIT line, which ends the session.
@@ -346,10 +346,7 @@ describe('sender authentication and DNSBL see the client behind HAProxy, not HAP
 
   it('SPF passes for 127.0.0.2 (which origin.test permits), the blocklist refuses 127.0.0.3', async () => {
     const clean = await openSession(port, '127.0.0.1', '127.0.0.2');
-    for (const [line, reply] of [['EHLO mail.origin.test', /^250 /], ['MAIL FROM:<sender@origin.test>', /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await clean.command(line), reply);
-    const id = /queued as (\w+)/.exec(await clean.data('From: <sender@origin.test>\r\nSubject: spf\r\n\r\nhello\r\n.\r\n'))?.[1];
-    clean.close();
-    assert.ok(id);
+    const id = await sendOne(clean, 'mail.origin.test', 'sender@origin.test', 'From: <sender@origin.test>\r\nSubject: spf\r\n\r\nhello');
     const raw = await waitFor('the message in the store', async () => {
       let text = '';
       for await (const chunk of await system.store.readBody(id)) text += (chunk as Buffer).toString('latin1');
@@ -374,10 +371,7 @@ describe('dual-stack listener (SMTP_HOST default ::)', () => {
   async function sendFrom(host: string, localAddress: string): Promise<string> {
     const smtp = await openSession(system.port, host, localAddress);
     assert.match(smtp.greeting, /^220 /, `${host} from ${localAddress}`);
-    for (const [line, reply] of [['EHLO dual.origin.test', /^250 /], ['MAIL FROM:<dual@origin.test>', /^250 /], ['RCPT TO:<user@example.test>', /^250 /], ['DATA', /^354 /]] as const) assert.match(await smtp.command(line), reply);
-    const id = /queued as (\w+)/.exec(await smtp.data('Subject: dual\r\n\r\nhello\r\n.\r\n'))?.[1];
-    smtp.close();
-    assert.ok(id);
+    const id = await sendOne(smtp, 'dual.origin.test', 'dual@origin.test', 'Subject: dual\r\n\r\nhello');
     return waitFor('the message in the store', async () => {
       let text = '';
       for await (const chunk of await system.store.readBody(id)) text += (chunk as Buffer).toString('latin1');
