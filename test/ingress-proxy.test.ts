@@ -112,6 +112,8 @@ describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 an
       '  timeout connect 5s',
       '  timeout client 120s',
       '  timeout server 120s',
+      // Health checks every second, but a loaded machine may take longer than that to answer one.
+      '  timeout check 10s',
       `frontend v1\n  bind 127.0.0.1:${front.v1}\n  default_backend both_v1`,
       `frontend v2\n  bind 127.0.0.1:${front.v2}\n  unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt\n  default_backend both_v2`,
       `frontend limit\n  bind 127.0.0.1:${front.limit}\n  default_backend a_v1`,
