@@ -7,8 +7,24 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createRequire } from 'node:module';
-import { find, Query, updateMany } from 'mingo';
-import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken, type Doc } from '../shared/src/store/mongo-queries.ts';
+import { find, Query, updateMany, updateOne } from 'mingo';
+import {
+  bulkChange,
+  CLAIM_ORDER,
+  claimFilter,
+  deliveryDocs,
+  deliveryMatch,
+  hasWritableServer,
+  leaseUpdate,
+  listFilter,
+  listOrder,
+  notTaken,
+  routesOf,
+  WITHOUT_ROUTES,
+  type DeliveryDoc,
+  type Doc,
+  type StoredMessage,
+} from '../shared/src/store/mongo-queries.ts';
 import type { ClaimOptions } from '../shared/src/store/store.ts';
 
 /** The driver's own class (not exported by its index): what a hello reply or a failed heartbeat becomes. */
@@ -134,6 +150,47 @@ describe('mongo store: list filter', () => {
   });
 });
 
+describe('mongo store: list filter on deliveries, order, bulk changes', () => {
+  const docs = [
+    delivery('m1 a@x.test', { state: 'delivered' }),
+    delivery('m1 b@y.test'),
+    delivery('m2 c@X.TEST', { state: 'held' }),
+    delivery('m3 d@y.test', { state: 'failed' }),
+    delivery('m4 e@sub.x.test'),
+  ];
+  const hits = (filter: Parameters<typeof deliveryMatch>[0]) => {
+    const match = deliveryMatch(filter);
+    return match === null ? null : names(docs.filter((d) => new Query(match).test(d)));
+  };
+
+  it('state, domain and recipient match one delivery document together', () => {
+    assert.deepEqual(hits({ domain: 'x.test', state: 'queued' }), []);
+    assert.deepEqual(hits({ domain: 'y.test', state: 'queued' }), ['m1 b@y.test']);
+    assert.deepEqual(hits({ domain: 'x.test', state: ['queued', 'held'] }), ['m2 c@X.TEST'], 'exact domain, any case, not a subdomain');
+    assert.deepEqual(hits({ recipient: 'D@', state: 'failed' }), ['m3 d@y.test']);
+    assert.deepEqual(hits({ state: [] }), []);
+    assert.equal(hits({ sender: 'x', receivedBefore: T0 }), null, 'nothing to match on deliveries: no $lookup');
+  });
+
+  it('sorts newest first unless asked for the oldest', () => {
+    const messages = [{ _id: 'b', receivedAt: T0 }, { _id: 'a', receivedAt: T0 }, { _id: 'c', receivedAt: T0 + 1 }];
+    assert.deepEqual((find(messages, {}).sort(listOrder({})).all() as Doc[]).map((m) => m['_id']), ['c', 'b', 'a']);
+    assert.deepEqual((find(messages, {}).sort(listOrder({ order: 'oldest' })).all() as Doc[]).map((m) => m['_id']), ['a', 'b', 'c']);
+  });
+
+  it('bulk hold, release and retry change the deliveries the one-message operations change', () => {
+    const apply = (action: 'hold' | 'release' | 'retry', ids: string[]) => {
+      const copy: Doc[] = docs.map((d) => ({ ...d, leaseOwner: 'w', leaseUntil: T0 + MIN }));
+      const { filter, update } = bulkChange(action, ids, T0 + 5);
+      updateMany(copy, filter, update);
+      return copy.map((d) => `${String(d['messageId'])} ${String(d['state'])} ${String(d['nextAttemptAt'])} ${String(d['leaseOwner'])}`);
+    };
+    assert.deepEqual(apply('hold', ['m1', 'm2', 'm4']), [`m1 delivered ${T0} w`, `m1 held ${T0} w`, `m2 held ${T0} w`, `m3 failed ${T0} w`, `m4 held ${T0} w`]);
+    assert.deepEqual(apply('release', ['m1', 'm2']), [`m1 delivered ${T0} w`, `m1 queued ${T0} w`, `m2 queued ${T0 + 5} w`, `m3 failed ${T0} w`, `m4 queued ${T0} w`]);
+    assert.deepEqual(apply('retry', ['m1', 'm2', 'm3']), [`m1 delivered ${T0} w`, `m1 queued ${T0 + 5} null`, `m2 held ${T0} w`, `m3 failed ${T0} w`, `m4 queued ${T0} w`]);
+  });
+});
+
 describe('mongo store: readiness', () => {
   const server = (address: string, hello: Doc | undefined) => new ServerDescription(address, hello);
   it('is ready only while the driver sees a server that takes writes', () => {
@@ -145,5 +202,89 @@ describe('mongo store: readiness', () => {
     assert.equal(hasWritableServer([standalone]), true);
     assert.equal(hasWritableServer([unknown, secondary]), false, 'primary lost: not ready');
     assert.equal(hasWritableServer([]), false);
+  });
+});
+
+/**
+ * insertMany(docs, { ordered: false }) against the unique index { messageId, recipient }, as MongoDB
+ * runs it: every document whose key exists already fails (and is left as it is), the others go in.
+ */
+function insertUnordered(collection: Doc[], docs: readonly object[]): number {
+  let inserted = 0;
+  for (const doc of docs as Doc[]) {
+    if (collection.some((d) => d['messageId'] === doc['messageId'] && d['recipient'] === doc['recipient'])) continue;
+    collection.push({ ...doc });
+    inserted++;
+  }
+  return inserted;
+}
+
+describe('mongo store: a repeated put completes only what the first left undone (issue 13)', () => {
+  const stored: StoredMessage = { _id: 'm1', recipients: ['a@x.test', 'b@x.test'], routes: ['r1', 'r1'], receivedAt: T0 };
+  const summary = (docs: readonly object[]) => (docs as Doc[]).map((d) => `${String(d['recipient'])} ${String(d['route'])} ${String(d['state'])} ${String(d['nextAttemptAt'] === T0 ? 'T0' : d['nextAttemptAt'])} i=${String(d['i'])}`);
+
+  it('plans the deliveries of the stored recipients, with their stored routes and time, never the repeated put\'s', () => {
+    // The repeated put names other recipients, other routes and a later time.
+    const docs = deliveryDocs(stored, { 'a@x.test': 'r2', 'c@x.test': 'r2' });
+    assert.deepEqual(summary(docs), ['a@x.test r1 queued T0 i=0', 'b@x.test r1 queued T0 i=1']);
+    assert.ok(docs.every((d) => d.messageId === 'm1' && d.receivedAt === T0 && d.attempts === 0 && d.leaseOwner === null));
+  });
+
+  it('a put that stopped after the message document gets its missing delivery; the one that exists keeps its state and lease', () => {
+    // The first put wrote a's delivery, then stopped; a was claimed and deferred meanwhile.
+    const collection: Doc[] = [{ ...(deliveryDocs(stored, {})[0] as DeliveryDoc), attempts: 1, nextAttemptAt: T0 + 5 * MIN, leaseOwner: 'w1', leaseUntil: T0 + MIN, lastReply: '451 later' }];
+    const inserted = insertUnordered(collection, deliveryDocs(stored, { 'a@x.test': 'r2', 'c@x.test': 'r2' }));
+    assert.equal(inserted, 1);
+    assert.deepEqual(
+      find(collection, { messageId: 'm1' }).sort({ i: 1 }).all().map((d) => [d['recipient'], d['route'], d['attempts'], d['leaseOwner']]),
+      [
+        ['a@x.test', 'r1', 1, 'w1'],
+        ['b@x.test', 'r1', 0, null],
+      ],
+    );
+    assert.equal(find(collection, { recipient: 'c@x.test' }).all().length, 0, 'no delivery for a recipient the stored message does not have');
+    assert.equal(insertUnordered(collection, deliveryDocs(stored, {})), 0, 'complete: a third put inserts nothing');
+  });
+
+  it('a schema-1 message document (no routes) takes the route given for its own recipients only', () => {
+    const old: StoredMessage = { _id: 'm2', recipients: ['a@x.test', 'b@x.test'], receivedAt: T0 };
+    assert.deepEqual(summary(deliveryDocs(old, { 'a@x.test': 'r3', 'b@x.test': 'r3', 'c@x.test': 'r3' })), ['a@x.test r3 queued T0 i=0', 'b@x.test r3 queued T0 i=1']);
+    assert.deepEqual(summary(deliveryDocs(old, { 'a@x.test': 'r3' })), ['a@x.test r3 queued T0 i=0'], 'no route known: left out, not invented');
+  });
+});
+
+describe('mongo store: migration 1 -> 2 (message documents name their routes)', () => {
+  it('fills routes from the delivery documents, null where a put stopped half-way, and is idempotent', () => {
+    const messages: Doc[] = [
+      { _id: 'm1', recipients: ['a@x.test', 'b@y.test'], receivedAt: T0 },
+      { _id: 'm2', recipients: ['c@x.test', 'd@x.test'], receivedAt: T0 }, // d's delivery was never written
+      { _id: 'm3', recipients: ['e@x.test'], routes: ['r9'], receivedAt: T0 }, // written by schema 2 already
+    ];
+    const deliveries = [
+      { messageId: 'm1', recipient: 'b@y.test', route: 'r2' },
+      { messageId: 'm1', recipient: 'a@x.test', route: 'r1' },
+      { messageId: 'm2', recipient: 'c@x.test', route: 'r1' },
+    ];
+    const step = () => {
+      let changed = 0;
+      for (const message of find(messages, WITHOUT_ROUTES).all()) {
+        const found = deliveries.filter((d) => d.messageId === message['_id']);
+        const routes = routesOf(message['recipients'] as string[], found);
+        changed += updateOne(messages, { _id: message['_id'], ...WITHOUT_ROUTES }, { $set: { routes } }).modifiedCount;
+      }
+      return changed;
+    };
+    assert.equal(step(), 2);
+    assert.deepEqual(messages.map((m) => [m['_id'], m['routes']]), [
+      ['m1', ['r1', 'r2']],
+      ['m2', ['r1', null]],
+      ['m3', ['r9']],
+    ]);
+    assert.equal(step(), 0, 'a second run (another instance, or after a crash) changes nothing');
+    // m2's missing delivery is completed by the redelivered put, with the route it names for d.
+    assert.deepEqual(deliveryDocs(messages[1] as unknown as StoredMessage, { 'c@x.test': 'rX', 'd@x.test': 'r1' }).map((d) => [d.recipient, d.route]), [
+      ['c@x.test', 'r1'],
+      ['d@x.test', 'r1'],
+    ]);
   });
 });

@@ -56,15 +56,18 @@ describe('admin API access', () => {
     assert.equal(tokenMatches('', 'secret'), false);
   });
 
-  it('without ADMIN_TOKEN refuses a client that is not on loopback with 403', () => {
+  it('without ADMIN_TOKEN refuses a client that is not on loopback, or comes through a proxy, with 403', () => {
     let status = 0;
     let body: unknown;
     let passed = false;
     const res = { status: (code: number) => ((status = code), res), json: (value: unknown) => ((body = value), res), set: () => res };
     const gate = adminAuth(undefined);
-    gate({ socket: { remoteAddress: '192.0.2.7' } } as never, res as never, () => (passed = true));
-    assert.deepEqual([passed, status, body], [false, 403, { error: 'the admin API answers only on loopback while ADMIN_TOKEN is not set' }]);
-    gate({ socket: { remoteAddress: '::ffff:127.0.0.1' } } as never, res as never, () => (passed = true));
+    const request = (remoteAddress: string, headers: Record<string, string> = {}) => ({ socket: { remoteAddress }, get: (name: string) => headers[name] }) as never;
+    gate(request('192.0.2.7'), res as never, () => (passed = true));
+    assert.deepEqual([passed, status, body], [false, 403, { error: 'the admin API answers only on loopback while ADMIN_TOKEN is not set (and not through a proxy)' }]);
+    gate(request('127.0.0.1', { 'x-forwarded-for': '192.0.2.7' }), res as never, () => (passed = true));
+    assert.equal(passed, false, 'a reverse proxy on this host forwarded it: not a local client');
+    gate(request('::ffff:127.0.0.1'), res as never, () => (passed = true));
     assert.equal(passed, true);
   });
 });
@@ -188,7 +191,7 @@ describe('the CLI without a server', () => {
   };
 
   it('answers usage errors with exit code 64 and the usage', async () => {
-    for (const argv of [[], ['show'], ['retry', 'a', 'b'], ['queue', '--colour'], ['bogus']]) {
+    for (const argv of [[], ['show'], ['retry'], ['hold', 'A1', '--domain', 'x.test'], ['release', 'A1', '--dry-run'], ['queue', '--colour'], ['bogus'], ['hash-password', 'secret123']]) {
       const out = capture();
       const err = capture();
       assert.equal(await run(argv, {}, out, err), 64, argv.join(' '));

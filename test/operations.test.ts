@@ -110,7 +110,7 @@ describe('operations in one process: admin API, CLI, metrics, alerts', () => {
     assert.equal(page.items.length, 1);
 
     for (const [query, error] of [
-      ['state=lost', 'state: expected queued, held, delivered or failed'],
+      ['state=lost', 'state: expected queued, held, delivered, failed or waiting'],
       ['age=soon', 'age: expected a minimum age such as 30s, 5m, 1h or 5d'],
       ['limit=0', 'limit: expected a whole number from 1 to 1000'],
       ['limit=ten', 'limit: expected a whole number from 1 to 1000'],

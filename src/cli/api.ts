@@ -41,13 +41,15 @@ export async function callApi(options: ApiOptions, method: string, path: string,
   }
   const headers: Record<string, string> = { accept: 'application/json' };
   if (options.token) headers.authorization = `Bearer ${options.token}`;
-  if (body !== undefined) headers['content-type'] = 'application/json';
+  // The API takes request bodies as JSON only: every POST carries one, declared as such.
+  const payload = body ?? (method === 'POST' ? {} : undefined);
+  if (payload !== undefined) headers['content-type'] = 'application/json';
   let response: Response;
   try {
     response = await fetch(url, {
       method,
       headers,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      ...(payload !== undefined ? { body: JSON.stringify(payload) } : {}),
       signal: AbortSignal.timeout(options.timeoutMs ?? 30_000),
     });
   } catch (error) {

@@ -1,4 +1,5 @@
 /** Text views of the admin API's JSON for the `backupmx` command. Pure functions. */
+import { formatDuration } from '@backupmx/shared/rules/duration.ts';
 
 export interface DeliveryView {
   recipient: string;
@@ -29,14 +30,8 @@ export interface MessageDetailView extends MessageView {
 const stamp = (iso: string | null | undefined) => (iso ? iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-');
 const sender = (from: string) => (from === '' ? '<>' : from);
 
-/** `3h12m`, `45s`, `2d4h`: an age at a glance. */
-export function formatAge(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 ? `${s % 60}s` : ''}`;
-  if (s < 86_400) return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60) ? `${Math.floor((s % 3600) / 60)}m` : ''}`;
-  return `${Math.floor(s / 86_400)}d${Math.floor((s % 86_400) / 3600) ? `${Math.floor((s % 86_400) / 3600)}h` : ''}`;
-}
+/** `3h12m`, `45s`, `2d4h`: an age at a glance (shared with the web console). */
+export const formatAge = formatDuration;
 
 /**
  * A mailq-like listing: one block per message (queue id, `!` when held as Postfix marks it, size,

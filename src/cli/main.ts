@@ -3,7 +3,9 @@
  * http://127.0.0.1:8025) and ADMIN_TOKEN come from the environment.
  */
 import { parseArgs } from 'node:util';
+import { hashPassword } from '@backupmx/spool/src/console/password.ts';
 import { callApi, CliError, EXIT, type ApiOptions } from './api.ts';
+import { readPassword, type PasswordInput } from './password-prompt.ts';
 import { deadTable, messageDetail, queueTable, statusText, type DeadView, type MessageDetailView, type MessageView, type StatusView } from './format.ts';
 
 export const USAGE = `usage: backupmx COMMAND [ARGS]
@@ -12,16 +14,26 @@ export const USAGE = `usage: backupmx COMMAND [ARGS]
                       the queue, like mailq (held messages are marked !)
   show ID             envelope, per-recipient state, every attempt, the trace
   flush [DOMAIN]      deliver everything queued (for DOMAIN's primary) now
-  retry ID            make the message's queued deliveries due now
-  hold ID             keep the message; never attempt it until released
-  release ID          release a held message
-  delete ID           remove the message from the queue for good
+  retry ID...         make the messages' queued deliveries due now
+  hold ID...          keep the messages; never attempt them until released
+  release ID...       release held messages
+  delete ID...        remove the messages from the queue for good
+  retry|hold|release|delete [--domain D] [--state S] [--sender TEXT] [--recipient TEXT] [--age 1h] [--all] [--dry-run]
+                      the same for every message matching the filter (--all: every message);
+                      --dry-run only counts them
   status              primaries and spool depth at a glance
   dead                the dead-letter queue
   replay ID           put a dead letter back into the spool
+  hash-password       read a password (twice from a terminal, or one line from stdin) and print
+                      its hash for domains.<domain>.VIEWERS in the config file
 Options: --json (the API's JSON), -h/--help.
 Environment: BACKUPMX_API (default http://127.0.0.1:8025), ADMIN_TOKEN.
 `;
+
+const DONE = { retry: 'due now', hold: 'held', release: 'released', delete: 'deleted' } as const;
+const VERB = { retry: 'retry', hold: 'hold', release: 'release', delete: 'delete' } as const;
+const FILTER_KEYS = ['state', 'domain', 'sender', 'recipient', 'age'] as const;
+const plural = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
 
 type Out = { write(text: string): unknown };
 
@@ -31,7 +43,7 @@ function one(positionals: string[], what: string): string {
 }
 
 /** Run one command; returns the exit code. Errors go to `err` as one line prefixed `backupmx: `. */
-export async function run(argv: string[], env: Record<string, string | undefined>, out: Out, err: Out): Promise<number> {
+export async function run(argv: string[], env: Record<string, string | undefined>, out: Out, err: Out, stdin?: PasswordInput): Promise<number> {
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -47,6 +59,8 @@ export async function run(argv: string[], env: Record<string, string | undefined
         age: { type: 'string' },
         limit: { type: 'string' },
         offset: { type: 'string' },
+        all: { type: 'boolean' },
+        'dry-run': { type: 'boolean' },
       },
     });
     const [command, ...rest] = positionals;
@@ -78,15 +92,34 @@ export async function run(argv: string[], env: Record<string, string | undefined
       }
       case 'retry':
       case 'hold':
-      case 'release': {
-        const { body } = await callApi(api, 'POST', `api/queue/${id()}/${command}`);
-        const done = body as { id: string; deliveries: number };
-        show(body, () => `${done.id}: ${command === 'retry' ? 'due now' : command === 'hold' ? 'held' : 'released'} (${done.deliveries} deliver${done.deliveries === 1 ? 'y' : 'ies'})\n`);
+      case 'release':
+      case 'delete': {
+        const filter = Object.fromEntries(FILTER_KEYS.flatMap((key) => (values[key] === undefined ? [] : [[key, values[key]]])));
+        const byFilter = values.all || Object.keys(filter).length > 0;
+        if (byFilter && rest.length) throw new CliError(`${command} takes queue ids or filter options, not both\n${USAGE}`, EXIT.usage);
+        if (!byFilter && rest.length === 0) throw new CliError(`${command}: name queue ids, or a filter (--domain, --state, ...; --all for every message)\n${USAGE}`, EXIT.usage);
+        if (values['dry-run'] && !byFilter) throw new CliError(`--dry-run counts the messages of a filter\n${USAGE}`, EXIT.usage);
+        if (!byFilter && rest.length === 1) {
+          const { body } = command === 'delete' ? await callApi(api, 'DELETE', `api/queue/${id()}`) : await callApi(api, 'POST', `api/queue/${id()}/${command}`);
+          const done = body as { id: string; deliveries?: number };
+          show(body, () => (command === 'delete' ? `${done.id}: deleted\n` : `${done.id}: ${DONE[command]} (${plural(done.deliveries ?? 0, 'delivery', 'deliveries')})\n`));
+          return 0;
+        }
+        const request = byFilter ? { filter, ...(values['dry-run'] ? { dryRun: true } : {}) } : { ids: rest };
+        const { body } = await callApi(api, 'POST', `api/queue/${command}`, request);
+        const done = body as { matched: number; messages: number; deliveries: number; before?: string; remaining?: number };
+        show(body, () =>
+          values['dry-run']
+            ? `would ${VERB[command]} ${plural(done.matched, 'message', 'messages')} (received up to ${done.before})\n`
+            : `${DONE[command]}: ${plural(done.messages, 'message', 'messages')} (${plural(done.deliveries, 'delivery', 'deliveries')}) of ${done.matched} matching${done.remaining ? `; ${done.remaining} more: run it again` : ''}\n`,
+        );
         return 0;
       }
-      case 'delete': {
-        const { body } = await callApi(api, 'DELETE', `api/queue/${id()}`);
-        show(body, () => `${(body as { id: string }).id}: deleted\n`);
+      case 'hash-password': {
+        if (rest.length) throw new CliError(`hash-password reads the password from the terminal or stdin, never from the command line\n${USAGE}`, EXIT.usage);
+        const password = await readPassword(stdin ?? (process.stdin as PasswordInput), err);
+        if (password.length < 8) throw new CliError('a password needs at least 8 characters', EXIT.usage);
+        out.write(`${await hashPassword(password)}\n`);
         return 0;
       }
       case 'flush': {

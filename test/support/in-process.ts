@@ -5,14 +5,14 @@ import { createMemoryBroker } from '../../shared/src/broker/memory-broker.ts';
 import { openSqliteStore } from '../../shared/src/store/sqlite-store.ts';
 import { startIngress, type IngressOptions } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
-import { createDeliverer } from '../../services/deliverer/src/deliverer.ts';
+import { createDeliverer, type DelivererOptions } from '../../services/deliverer/src/deliverer.ts';
 import { freePort, tempDir } from './util.ts';
 
 /**
- * Ingress and spool (and, with `deliver`, a deliverer) in this process with the in-process broker
+ * Ingress and spool (and, with `deliver`, a deliverer with those options) in this process with the in-process broker
  * and a fresh SQLite store.
  */
-export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean; ingress?: IngressOptions } = {}) {
+export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean | DelivererOptions; ingress?: IngressOptions } = {}) {
   const dir = tempDir();
   const port = await freePort();
   const config: Config = loadConfig({ PRIMARY: '127.0.0.1:1', SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), SMTP_HOSTNAME: 'backup.example.test', DATA_DIR: dir.path, ...env });
@@ -20,7 +20,7 @@ export async function startIngressWithSpool(env: Record<string, string>, options
   const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
   const broker = createMemoryBroker(join(dir.path, 'dead'), log);
   await startSpool(config, store, broker, log);
-  const deliverer = options.deliver ? createDeliverer(config, store, broker, log) : null;
+  const deliverer = options.deliver ? createDeliverer(config, store, broker, log, options.deliver === true ? {} : options.deliver) : null;
   await deliverer?.start();
   const ingress = await startIngress(config, broker, log, { store, ...options.ingress });
   return {

@@ -10,9 +10,9 @@ export interface Received {
 
 /**
  * A real SMTP server playing the primary: records every message it accepts (envelope and exact
- * bytes). `reject` maps a recipient to the reply code it gets at RCPT; `delayMs` slows each DATA.
+ * bytes), on `host` (127.0.0.1). `reject` maps a recipient to the reply code it gets at RCPT; `delayMs` slows each DATA.
  */
-export async function startPrimary(options: { port?: number; reject?: Record<string, number>; delayMs?: number } = {}) {
+export async function startPrimary(options: { host?: string; port?: number; reject?: Record<string, number>; delayMs?: number } = {}) {
   const messages: Received[] = [];
   const server = new SMTPServer({
     disabledCommands: ['AUTH', 'STARTTLS'],
@@ -40,7 +40,7 @@ export async function startPrimary(options: { port?: number; reject?: Record<str
   });
   await new Promise<void>((resolve, reject) => {
     server.server.once('error', reject);
-    server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
+    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => resolve());
   });
   return {
     port: (server.server.address() as AddressInfo).port,

@@ -49,7 +49,8 @@ export function spawnService(name: string, entry: keyof typeof ENTRY, env: Recor
   };
 }
 
-export async function waitReady(service: Service, timeoutMs = 30_000): Promise<void> {
+/** Until /readyz says 200. Generous: on a loaded machine (2 cores, several test runs) a start can take 40 s. */
+export async function waitReady(service: Service, timeoutMs = 120_000): Promise<void> {
   await waitFor(`${service.name} /readyz`, async () => {
     if (service.child.exitCode !== null) throw new Error(`${service.name} exited with ${service.child.exitCode}`);
     const response = await fetch(`http://127.0.0.1:${service.httpPort}/readyz`);

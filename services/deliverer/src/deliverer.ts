@@ -11,6 +11,7 @@ import type { Store } from '@backupmx/shared/store/store.ts';
 import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/types.ts';
 import { recordAttempt } from './attempt-telemetry.ts';
 import { planMx, selfFrom, type MxResolver } from './mx.ts';
+import { resolveTargets, type HostLookup } from './next-hop.ts';
 import { toOutcomes, verdicts } from '../../../shared/src/rules/outcomes.ts';
 import { reportEntries } from './report-entries.ts';
 import { nextAttemptAt } from '../../../shared/src/rules/retry.ts';
@@ -33,6 +34,8 @@ export interface DelivererOptions {
   localAddresses?: string[];
   /** Order of MX hosts of equal preference; default Math.random. */
   random?: () => number;
+  /** Addresses of a host-list route's names, asked at every attempt; default: the system resolver. */
+  lookup?: HostLookup;
 }
 
 /** The envelope to relay: sender, recipients with their RFC 3461 parameters, RET, ENVID, size, body type. */
@@ -123,10 +126,10 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
   }
 
-  /** Where a route's mail goes now: its host list, or its domain's MX hosts (or why not now). */
+  /** Where a route's mail goes now: its hosts' addresses as they resolve now, or its domain's MX hosts (or why not now). */
   async function hopsOf(route: string): Promise<{ hops: Hop[] } | { defer: string } | { fail: string }> {
     const domain = mxDomainOf(route);
-    if (domain === null) return { hops: routeTargets(route) };
+    if (domain === null) return resolveTargets(routeTargets(route), options.lookup);
     return planMx(domain, { resolver, self, port: options.mxPort ?? 25, ...(options.random ? { random: options.random } : {}) });
   }
 

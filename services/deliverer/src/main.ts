@@ -1,11 +1,12 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
-import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime/process.ts';
+import { configOrExit, connectBroker, onShutdown, openStore, requireBroker, requireSharedDataDir } from '@backupmx/shared/runtime/process.ts';
 import { createDeliverer } from './deliverer.ts';
 
 const config = configOrExit('deliverer');
 requireBroker(config, 'deliverer');
+requireSharedDataDir(config, 'deliverer');
 const log = createLogger('deliverer', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'deliverer', log);

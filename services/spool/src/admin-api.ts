@@ -1,18 +1,21 @@
 import { pipeline } from 'node:stream/promises';
 import express, { type ErrorRequestHandler, type Request, type Response, type Router } from 'express';
+import helmet from 'helmet';
 import { z } from 'zod';
 import type { Broker } from '@backupmx/shared/broker/broker.ts';
 import type { Config } from '@backupmx/shared/runtime/config.ts';
-import { parseDuration } from '@backupmx/shared/rules/duration.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
-import { routeForRecipient } from '@backupmx/shared/rules/routing.ts';
 import type { MessageDetail, MessageSummary, Store } from '@backupmx/shared/store/store.ts';
 import type { Delivery } from '@backupmx/shared/types.ts';
 import { adminAuth } from './admin-auth.ts';
+import { ACTIONS, applyAction, matchingIds, MAX_BULK, type Action } from './bulk.ts';
+import { flushDomain } from './flush.ts';
+import { wallSettings, walls } from './http-walls.ts';
 import type { PrimaryTracker } from './primaries.ts';
+import { filterFields, firstIssue, listFilterOf } from './queue-filter.ts';
 
 export interface AdminDeps {
-  config: Pick<Config, 'ADMIN_TOKEN' | 'RELAY_DOMAINS' | 'PRIMARY' | 'domains' | 'TRACE_URL'>;
+  config: Pick<Config, 'ADMIN_TOKEN' | 'RELAY_DOMAINS' | 'PRIMARY' | 'domains' | 'TRACE_URL' | 'SMTP_HOSTNAME' | 'PUBLIC_URL'>;
   store: Store;
   broker: Broker;
   primaries: PrimaryTracker;
@@ -21,7 +24,7 @@ export interface AdminDeps {
 }
 
 /** A 4xx (or 503) answer: `{ "error": message }`. */
-class HttpError extends Error {
+export class HttpError extends Error {
   status: number;
   constructor(status: number, message: string) {
     super(message);
@@ -77,13 +80,6 @@ export function detailView(detail: MessageDetail, now: number, traceUrl: string 
   };
 }
 
-function firstIssue(error: z.ZodError): string {
-  const issue = error.issues[0];
-  if (issue?.code === 'unrecognized_keys') return `unknown parameter ${issue.keys.join(', ')}`;
-  const key = issue?.path.map(String).join('.') || 'request';
-  return `${key}: ${issue?.message ?? 'is invalid'}`;
-}
-
 function parse<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
   const result = schema.safeParse(input);
   if (!result.success) throw new HttpError(400, firstIssue(result.error));
@@ -98,23 +94,27 @@ const whole = (min: number, max: number) =>
     .refine((n) => n >= min && n <= max, `expected a whole number from ${min} to ${max}`);
 
 const queueQuery = z.strictObject({
-  state: z.enum(['queued', 'held', 'delivered', 'failed'], { error: 'expected queued, held, delivered or failed' }).optional(),
-  domain: z.string().trim().min(1, 'expected a domain').transform((text) => text.toLowerCase().replace(/\.$/, '')).optional(),
-  sender: z.string().optional(),
-  recipient: z.string().min(1, 'expected part of an address').optional(),
-  age: z
-    .string()
-    .transform((text, context) => {
-      const ms = parseDuration(text);
-      if (ms === null) context.addIssue({ code: 'custom', message: 'expected a minimum age such as 30s, 5m, 1h or 5d' });
-      return ms ?? 0;
-    })
-    .optional(),
+  ...filterFields,
   limit: whole(1, 1000).optional(),
   offset: whole(0, 1_000_000_000).optional(),
 });
 
-const QUEUE_ID = /^[0-9A-Za-z]{1,64}$/;
+export const QUEUE_ID = /^[0-9A-Za-z]{1,64}$/;
+
+/** POST /api/queue/ACTION: by ids, or by filter (with dryRun: only count). */
+const bulkBody = z
+  .strictObject({
+    ids: z.array(z.string().regex(QUEUE_ID, 'expected queue ids')).min(1, 'expected at least one queue id').max(MAX_BULK, `at most ${MAX_BULK} ids`).optional(),
+    filter: z.strictObject(filterFields).optional(),
+    dryRun: z.boolean().optional(),
+  })
+  .refine((body) => (body.ids === undefined) !== (body.filter === undefined), { message: 'give either ids or a filter ({} for every message)', path: ['ids'] })
+  .refine((body) => !body.dryRun || body.filter !== undefined, { message: 'only counts the messages of a filter', path: ['dryRun'] });
+
+/** Who made an API request, for the log: the token's bearer or a loopback client, and the address. */
+function caller(req: Request, token: string | undefined) {
+  return { by: token === undefined ? 'loopback' : 'admin token', client: req.socket.remoteAddress ?? null };
+}
 const DEAD_ID = /^[0-9A-Za-z:._-]{1,100}$/;
 
 function queueId(req: Request): string {
@@ -132,8 +132,10 @@ export function adminRouter(deps: AdminDeps): Router {
   const { config, store, broker, primaries, log } = deps;
   const now = deps.now ?? Date.now;
   const router = express.Router();
+  router.use(helmet({ contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } } }));
+  router.use(walls({ ...wallSettings(config), json: true, refuse: (res, status, error) => void res.status(status).json({ error }) }));
   router.use(adminAuth(config.ADMIN_TOKEN));
-  router.use(express.json({ limit: '16kb' }));
+  router.use(express.json({ limit: '4mb' }));
 
   async function existing(id: string): Promise<MessageDetail> {
     const detail = await store.getMessage(id);
@@ -146,15 +148,7 @@ export function adminRouter(deps: AdminDeps): Router {
     const limit = query.limit ?? 50;
     const offset = query.offset ?? 0;
     const at = now();
-    const { total, items } = await store.list({
-      ...(query.state ? { state: query.state } : {}),
-      ...(query.domain ? { domain: query.domain } : {}),
-      ...(query.sender !== undefined ? { sender: query.sender } : {}),
-      ...(query.recipient ? { recipient: query.recipient } : {}),
-      ...(query.age !== undefined ? { receivedBefore: at - query.age } : {}),
-      limit,
-      offset,
-    });
+    const { total, items } = await store.list({ ...listFilterOf(query, at), limit, offset });
     res.json({ total, offset, limit, items: items.map((item) => summaryView(item, at)) });
   });
 
@@ -172,6 +166,14 @@ export function adminRouter(deps: AdminDeps): Router {
     await pipeline(body, res);
   });
 
+  /** One action on many messages, logged per message (with who) and in sum. */
+  async function runBulk(action: Action, ids: string[], at: number, who: Record<string, unknown>, filter: unknown) {
+    const result = await applyAction(store, action, ids, at);
+    for (const id of result.messages) log[action === 'delete' ? 'warn' : 'info']({ queueId: id, action, ...who }, action === 'delete' ? 'admin: message deleted' : `admin: ${action}`);
+    log.info({ action, ...who, filter, matched: ids.length, messages: result.messages.length, deliveries: result.deliveries }, `admin: bulk ${action}`);
+    return { messages: result.messages.length, deliveries: result.deliveries, ids: result.messages };
+  }
+
   const actions = {
     retry: { run: (id: string) => store.retryNow(id, now()), none: 'no queued delivery to retry (held ones need release)' },
     hold: { run: (id: string) => store.hold(id), none: 'no queued delivery to hold' },
@@ -183,7 +185,7 @@ export function adminRouter(deps: AdminDeps): Router {
       await existing(id);
       const changed = await run(id);
       if (changed === 0) throw new HttpError(409, `message ${id}: ${none}`);
-      log.info({ queueId: id, action, deliveries: changed }, `admin: ${action}`);
+      log.info({ queueId: id, action, deliveries: changed, ...caller(req, config.ADMIN_TOKEN) }, `admin: ${action}`);
       res.json({ id, action, deliveries: changed });
     });
   }
@@ -191,23 +193,35 @@ export function adminRouter(deps: AdminDeps): Router {
   router.delete('/queue/:id', async (req, res) => {
     const id = queueId(req);
     if (!(await store.remove(id))) throw new HttpError(404, `no message ${id} in the queue`);
-    log.warn({ queueId: id }, 'admin: message deleted');
+    log.warn({ queueId: id, ...caller(req, config.ADMIN_TOKEN) }, 'admin: message deleted');
     res.json({ id, deleted: true });
   });
 
+  for (const action of ACTIONS) {
+    router.post(`/queue/${action}`, async (req, res) => {
+      const body = parse(bulkBody, req.body ?? {});
+      const at = now();
+      if (body.filter !== undefined) {
+        const filter = listFilterOf(body.filter, at);
+        if (body.dryRun) {
+          const { total } = await store.list({ ...filter, limit: 0 });
+          return void res.json({ action, dryRun: true, matched: total, before: iso(filter.receivedBefore ?? at) });
+        }
+        const { ids, total } = await matchingIds(store, { ...filter, receivedBefore: filter.receivedBefore ?? at });
+        const done = await runBulk(action, ids, at, caller(req, config.ADMIN_TOKEN), body.filter);
+        return void res.json({ action, matched: total, ...done, ...(total > ids.length ? { remaining: total - ids.length } : {}) });
+      }
+      const ids = [...new Set(body.ids)];
+      res.json({ action, matched: ids.length, ...(await runBulk(action, ids, at, caller(req, config.ADMIN_TOKEN), null)) });
+    });
+  }
   router.post('/flush', async (req, res) => {
     const body = parse(z.strictObject({ domain: z.string().trim().min(1, 'expected a domain').optional() }), req.body ?? {});
     const domain = body.domain ?? (typeof req.query.domain === 'string' ? req.query.domain.trim() : undefined);
-    let route: string | undefined;
-    if (domain !== undefined) {
-      const name = domain.toLowerCase().replace(/\.$/, '');
-      if (!config.RELAY_DOMAINS.includes(name)) throw new HttpError(400, `domain: ${name} is not one of RELAY_DOMAINS`);
-      route = routeForRecipient(`postmaster@${name}`, config);
-    }
-    if (!broker.connected()) throw new HttpError(503, 'the message broker is not connected; nothing was flushed');
-    broker.publishEvent('queue.flush', route === undefined ? {} : { route });
-    log.info({ route: route ?? 'all', domain }, 'admin: flush');
-    res.status(202).json({ flushed: route ?? 'all', ...(domain !== undefined ? { domain } : {}) });
+    const flushed = flushDomain(config, broker, domain);
+    if ('error' in flushed) throw new HttpError(flushed.status, flushed.error);
+    log.info({ route: flushed.route, domain, ...caller(req, config.ADMIN_TOKEN) }, 'admin: flush');
+    res.status(202).json({ flushed: flushed.route, ...(domain !== undefined ? { domain } : {}) });
   });
 
   router.get('/primaries', (_req, res) => {
@@ -243,7 +257,7 @@ export function adminRouter(deps: AdminDeps): Router {
     const id = String(req.params.id);
     if (!DEAD_ID.test(id)) throw new HttpError(400, `id: not a dead-letter id: ${JSON.stringify(id.slice(0, 80))}`);
     if (!(await deadLetters().replay(id))) throw new HttpError(404, `no dead letter ${id}`);
-    log.info({ queueId: id }, 'admin: dead letter replayed');
+    log.info({ queueId: id, ...caller(req, config.ADMIN_TOKEN) }, 'admin: dead letter replayed');
     res.json({ id, replayed: true });
   });
 

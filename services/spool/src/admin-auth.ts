@@ -1,11 +1,19 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import type { Request, RequestHandler } from 'express';
 
 /** 127.0.0.0/8, ::1 and their IPv4-mapped forms. */
 export function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
   return v4.startsWith('127.') || address === '::1';
+}
+
+/**
+ * A client on this host: the socket's address is loopback (never X-Forwarded-For) and no proxy says
+ * it forwarded the request (a reverse proxy on the same host would otherwise make everyone local).
+ */
+export function isLocalClient(req: Pick<Request, 'socket' | 'get'>): boolean {
+  return isLoopback(req.socket.remoteAddress) && !['forwarded', 'x-forwarded-for', 'x-real-ip'].some((name) => req.get(name) !== undefined);
 }
 
 /** Constant-time comparison of a presented token with ADMIN_TOKEN (hashed first: equal lengths). */
@@ -16,13 +24,13 @@ export function tokenMatches(given: string, token: string): boolean {
 
 /**
  * The admin API's gate. With ADMIN_TOKEN: `Authorization: Bearer <token>` or 401. Without it: only
- * clients connecting from loopback (the socket's address, never X-Forwarded-For), others get 403.
+ * local clients (isLocalClient), others get 403.
  */
 export function adminAuth(token: string | undefined): RequestHandler {
   return (req, res, next) => {
     if (token === undefined) {
-      if (isLoopback(req.socket.remoteAddress)) return next();
-      res.status(403).json({ error: 'the admin API answers only on loopback while ADMIN_TOKEN is not set' });
+      if (isLocalClient(req)) return next();
+      res.status(403).json({ error: 'the admin API answers only on loopback while ADMIN_TOKEN is not set (and not through a proxy)' });
       return;
     }
     const given = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.get('authorization') ?? '')?.[1];

@@ -1,13 +1,14 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
-import { configOrExit, connectBroker, onShutdown, openStore, requireBroker } from '@backupmx/shared/runtime/process.ts';
+import { configOrExit, connectBroker, onShutdown, openStore, requireBroker, requireSharedDataDir } from '@backupmx/shared/runtime/process.ts';
 import { startOperations } from './operations.ts';
 import { startSpool } from './spool.ts';
 import { createSweeper } from './sweep.ts';
 
 const config = configOrExit('spool');
 requireBroker(config, 'spool');
+requireSharedDataDir(config, 'spool');
 const log = createLogger('spool', config.LOG_LEVEL);
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'spool', log);

@@ -5,11 +5,13 @@ import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 import { beforeScrape, observeSpool } from '@backupmx/shared/runtime/metrics.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
 import { adminRouter } from './admin-api.ts';
+import { consoleRouter } from './console/console.ts';
 import { createNotifier, primaryAlert, queueAgeAlert, queueAgeChange } from './alerts.ts';
 import { trackPrimaries } from './primaries.ts';
 
 /**
- * The spool's operations side: the admin API (mounted by `routes` at /api), the spool gauges read
+ * The spool's operations side: the admin API (mounted by `routes` at /api) and the web console (at /,
+ * unless CONSOLE=false), the spool gauges read
  * from the store on each scrape, the primaries' states from the health events, and the alerts
  * (ALERT_WEBHOOK: primary down/up, ALERT_QUEUE_AGE).
  */
@@ -50,6 +52,7 @@ export async function startOperations(config: Config, store: Store, broker: Brok
   return {
     routes(app: Express): void {
       app.use('/api', adminRouter({ config, store, broker, primaries, log }));
+      if (config.CONSOLE) app.use(consoleRouter({ config, store, broker, primaries, log }));
     },
     async stop(): Promise<void> {
       if (timer) clearInterval(timer);

@@ -9,6 +9,8 @@ import type { Envelope, ReceivedMail } from '../types.ts';
 
 export interface AmqpOptions {
   url: string;
+  /** User and password as they are, instead of the URL's (which must be percent-encoded there). */
+  credentials?: { user: string; password: string };
   /** Shown in RabbitMQ's connection list. */
   name: string;
   /** How long publishMail waits for the publisher confirm. */
@@ -77,7 +79,8 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
   const inFlight = new Set<Promise<void>>();
 
   async function connectOnce(): Promise<void> {
-    const conn = await amqp.connect(options.url, { timeout: 5000, clientProperties: { connection_name: options.name } });
+    const credentials = options.credentials ? { credentials: amqp.credentials.plain(options.credentials.user, options.credentials.password) } : {};
+    const conn = await amqp.connect(options.url, { timeout: 5000, clientProperties: { connection_name: options.name }, ...credentials });
     conn.on('error', (error: Error) => log.warn({ err: error }, 'amqp connection error'));
     conn.on('close', () => {
       if (connection !== conn) return;

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { parseDuration } from '../rules/duration.ts';
 import { normalizeDomain } from '../rules/address.ts';
 import { parseCidr, type Cidr } from '../rules/ip.ts';
+import { parsePasswordHash } from '../rules/password-hash.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
 export interface Target {
@@ -105,8 +106,22 @@ const primaryList = (empty: string) =>
       .refine((items) => !items.includes('mx') || items.length === 1, { error: 'mx (deliver by DNS MX) cannot be combined with other targets' }),
   );
 
+/** A domain viewer of the web console: a user name and a password hash from `backupmx hash-password`. */
+const viewers = z
+  .record(
+    z.string(),
+    z.string().refine((text) => parsePasswordHash(text) !== null, 'expected a password hash made by `backupmx hash-password` ($scrypt$ln=...)'),
+  )
+  .superRefine((names, ctx) => {
+    for (const name of Object.keys(names)) {
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'expected a user name of letters, digits, dot, dash or underscore' });
+    }
+  });
+
 const domainSettings = z
   .strictObject({
+    /** The emergency inbox: who may read this domain's waiting mail in the web console (sign in as NAME@domain). */
+    VIEWERS: viewers.optional(),
     PRIMARY: primaryList('name at least one host[:port], or mx').optional(),
     /** Valid recipients, inline (issue 5); others get 550 5.1.1. */
     RECIPIENTS: z.preprocess(list, z.array(recipientEntry)).optional(),
@@ -135,7 +150,10 @@ export const configSchema = z.strictObject({
   SMTP_HOSTNAME: z.string().min(1).default(hostname()),
   HTTP_HOST: z.string().default('0.0.0.0'),
   HTTP_PORT: port.default(8025),
-  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://user:pass@host:port/vhost' }).optional(),
+  AMQP_URL: z.url({ protocol: /^amqps?$/, error: 'expected amqp://host:port/vhost (the user and password may go in AMQP_USER and AMQP_PASSWORD, taken literally)' }).optional(),
+  /** RabbitMQ user and password taken literally (no URL encoding), instead of those in AMQP_URL. */
+  AMQP_USER: z.string().min(1).optional(),
+  AMQP_PASSWORD: z.string().min(1).optional(),
   MONGODB_URL: z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected mongodb://host:port/db' }).optional(),
   DATA_DIR: z.string().min(1).default('./data'),
   SMARTHOST: targetText.optional(),
@@ -217,6 +235,13 @@ export const configSchema = z.strictObject({
   RECORD_RETENTION: duration.default(7 * 86_400_000),
   /** How often the spool looks for expired mail, due delay notices and records to purge. */
   SWEEP_INTERVAL: duration.default(60_000),
+  // Web console and admin API walls (issue 10).
+  /** false: no web console at / (the admin API stays). */
+  CONSOLE: boolean.default(true),
+  /** The address(es) people use for the console and API, e.g. https://backupmx.example.com: their names pass the Host check, their origins the Origin check; https makes session cookies Secure. */
+  PUBLIC_URL: z.preprocess(list, z.array(z.url({ protocol: /^https?$/, error: 'expected http(s) URLs, comma separated, e.g. https://backupmx.example.com' }))).default([]),
+  /** How long a console sign-in lasts. */
+  CONSOLE_SESSION_LIFETIME: duration.default(8 * 3_600_000),
   domains: z.record(domainName, domainSettings).default({}),
 }).superRefine((config, ctx) => {
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
@@ -262,6 +287,12 @@ export function formatTarget(target: Target): string {
 }
 
 const KEYS = new Set(Object.keys(configSchema.shape));
+const given = new WeakMap<Config, ReadonlySet<string>>();
+
+/** The settings the environment or the config file gave (the others are defaults). */
+export function givenSettings(config: Config): ReadonlySet<string> {
+  return given.get(config) ?? new Set();
+}
 
 /**
  * Build the configuration from the file named by BACKUPMX_CONFIG (YAML or JSON, same keys) and the
@@ -294,5 +325,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const unknown = issue?.code === 'unrecognized_keys' ? `unknown setting ${issue.keys.join(', ')}` : null;
     throw new ConfigError(unknown ?? `${key}: ${message}`);
   }
+  given.set(result.data, new Set(Object.keys(raw)));
   return result.data;
 }

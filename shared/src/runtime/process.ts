@@ -1,8 +1,10 @@
 import { join } from 'node:path';
 import { createAmqpBroker } from '../broker/amqp-broker.ts';
 import type { Broker } from '../broker/broker.ts';
-import { ConfigError, loadConfig, type Config } from './config.ts';
+import { ConfigError, givenSettings, loadConfig, type Config } from './config.ts';
+import { checkDataDir } from './data-dir.ts';
 import type { Logger } from './logger.ts';
+import { StoreSchemaError } from '../store/schema-version.ts';
 import { openSqliteStore } from '../store/sqlite-store.ts';
 import type { Store } from '../store/store.ts';
 import { flushTelemetry } from './telemetry.ts';
@@ -37,8 +39,33 @@ export function requireBroker(config: Config, service: string): string {
   process.exit(78);
 }
 
+/**
+ * A spool or deliverer on its own with the SQLite store works only if every spool and deliverer
+ * opens the same file: refuse to guess DATA_DIR (the default, ./data, is private to each container).
+ */
+export function requireSharedDataDir(config: Config, service: string): void {
+  if (config.MONGODB_URL || givenSettings(config).has('DATA_DIR')) return;
+  process.stderr.write(
+    `backupmx ${service}: configuration: DATA_DIR is required to run this service on its own with the SQLite store (every spool and deliverer must share it), or set MONGODB_URL\n`,
+  );
+  process.exit(78);
+}
+
+/**
+ * AMQP_USER / AMQP_PASSWORD, when given, replace the URL's user and password, taken literally: a
+ * password holding `@ : / % #` or a space needs no URL encoding (issue 13). The other one of the
+ * pair comes from the URL (decoded, as amqplib does), else RabbitMQ's default `guest`.
+ */
+export function brokerCredentials(config: Pick<Config, 'AMQP_URL' | 'AMQP_USER' | 'AMQP_PASSWORD'>): { user: string; password: string } | undefined {
+  if (config.AMQP_USER === undefined && config.AMQP_PASSWORD === undefined) return undefined;
+  const url = new URL(config.AMQP_URL ?? 'amqp://localhost');
+  const fromUrl = (text: string) => (text === '' ? 'guest' : decodeURIComponent(text));
+  return { user: config.AMQP_USER ?? fromUrl(url.username), password: config.AMQP_PASSWORD ?? fromUrl(url.password) };
+}
+
 export async function connectBroker(config: Config, name: string, log: Logger): Promise<Broker> {
-  const broker = createAmqpBroker({ url: requireBroker(config, name), name: `backupmx-${name}`, confirmTimeoutMs: config.PUBLISH_TIMEOUT, log });
+  const credentials = brokerCredentials(config);
+  const broker = createAmqpBroker({ url: requireBroker(config, name), ...(credentials ? { credentials } : {}), name: `backupmx-${name}`, confirmTimeoutMs: config.PUBLISH_TIMEOUT, log });
   await broker.start();
   return broker;
 }
@@ -49,8 +76,15 @@ export async function openStore(config: Config, log: Logger): Promise<Store> {
     return openMongoStore(config.MONGODB_URL, log, { retentionMs: config.RECORD_RETENTION });
   }
   const path = join(config.DATA_DIR, 'spool.sqlite');
+  checkDataDir(config.DATA_DIR, path);
   log.info({ path }, 'using the SQLite store');
-  return openSqliteStore(path);
+  try {
+    return await openSqliteStore(path, { log });
+  } catch (error) {
+    // A newer or foreign file, or one SQLite cannot open: one line naming DATA_DIR, exit 78.
+    if (error instanceof StoreSchemaError) throw new ConfigError(`DATA_DIR: ${error.message}`);
+    throw new ConfigError(`DATA_DIR: cannot open ${path}: ${(error as Error).message}`);
+  }
 }
 
 /**

@@ -3,9 +3,72 @@
  * which delivery documents a claim may lease, the update that leases them, their order, and the
  * admin list filter.
  */
-import type { ClaimOptions, ListFilter } from './store.ts';
+import type { BulkAction, ClaimOptions, ListFilter } from './store.ts';
+import type { Delivery } from '../types.ts';
 
 export type Doc = Record<string, unknown>;
+
+/** A delivery document: the Delivery, its position in the message's recipients, claim fields. */
+export interface DeliveryDoc extends Delivery {
+  /** Position in the message's recipients. */
+  i: number;
+  receivedAt: number;
+  leaseOwner: string | null;
+  leaseUntil: number | null;
+  leaseToken?: string;
+  expireAt?: Date;
+}
+
+/** What a put completes from: the stored message document's recipients, routes and received time. */
+export interface StoredMessage {
+  _id: string;
+  /** Distinct recipients, in the sender's order. */
+  recipients: string[];
+  /** Each recipient's route, by position (schema 2; recipients are not field names: they hold dots). */
+  routes?: (string | null)[];
+  receivedAt: number;
+}
+
+/** Message documents written before schema 2, which do not name their routes. */
+export const WITHOUT_ROUTES: Doc = { routes: { $exists: false } };
+
+/** A message's routes by recipient position, from its delivery documents (null where a delivery is missing). */
+export function routesOf(recipients: string[], deliveries: { recipient: string; route: string }[]): (string | null)[] {
+  const route = new Map(deliveries.map((d) => [d.recipient, d.route]));
+  return recipients.map((recipient) => route.get(recipient) ?? null);
+}
+
+/**
+ * The delivery documents a put makes sure exist: one per recipient of the STORED message, with its
+ * stored route, due at its stored received time; never from the repeated put, which may only complete
+ * what a first put that stopped half-way left undone (insertMany unordered: the ones that exist
+ * already fail on the unique index and stay as they are). `given`: routes for recipients a schema-1
+ * document leaves unnamed; a recipient with no route at all is left out.
+ */
+export function deliveryDocs(stored: StoredMessage, given: Record<string, string>): DeliveryDoc[] {
+  return stored.recipients.flatMap((recipient, i) => {
+    const route = stored.routes?.[i] ?? given[recipient];
+    if (typeof route !== 'string') return [];
+    return [
+      {
+        messageId: stored._id,
+        recipient,
+        i,
+        route,
+        state: 'queued' as const,
+        attempts: 0,
+        nextAttemptAt: stored.receivedAt,
+        lastAttemptAt: null,
+        lastReply: null,
+        lastNextHop: null,
+        settledAt: null,
+        receivedAt: stored.receivedAt,
+        leaseOwner: null,
+        leaseUntil: null,
+      },
+    ];
+  });
+}
 
 /**
  * A delivery that may be leased now: queued; lease free or expired; due at `now` unless the claim
@@ -53,6 +116,35 @@ export function listFilter(f: ListFilter): Doc {
   if (f.domain !== undefined) and.push({ recipients: literal(`@${f.domain}`, true) });
   if (f.recipient !== undefined) and.push({ recipients: literal(f.recipient) });
   return and.length === 0 ? {} : { $and: and };
+}
+
+/**
+ * The delivery-level part of the list filter (state, domain, recipient on one delivery document), or
+ * null when the filter has none: the same matches as the SQLite adapter's EXISTS.
+ */
+export function deliveryMatch(f: ListFilter): Doc | null {
+  const and: Doc[] = [];
+  if (f.state !== undefined) and.push({ state: Array.isArray(f.state) ? { $in: f.state } : f.state });
+  if (f.domain !== undefined) and.push({ recipient: literal(`@${f.domain}`, true) });
+  if (f.recipient !== undefined) and.push({ recipient: literal(f.recipient) });
+  return and.length === 0 ? null : { $and: and };
+}
+
+/** Newest (default) or oldest message first. */
+export function listOrder(f: ListFilter): { receivedAt: 1 | -1; _id: 1 | -1 } {
+  const direction = f.order === 'oldest' ? 1 : -1;
+  return { receivedAt: direction, _id: direction };
+}
+
+/**
+ * Which delivery documents of `ids` hold / release / retry change, and how: the same rules as the
+ * one-message operations (hold: queued; release: held, due now; retry: queued, due now, lease dropped).
+ */
+export function bulkChange(action: Exclude<BulkAction, 'remove'>, ids: string[], now: number): { filter: Doc; update: Doc } {
+  const messageId = { $in: ids };
+  if (action === 'hold') return { filter: { messageId, state: 'queued' }, update: { $set: { state: 'held' } } };
+  if (action === 'release') return { filter: { messageId, state: 'held' }, update: { $set: { state: 'queued', nextAttemptAt: now } } };
+  return { filter: { messageId, state: 'queued' }, update: { $set: { nextAttemptAt: now, leaseOwner: null, leaseUntil: null } } };
 }
 
 /** True when the driver sees a server that takes writes (a replica set primary, a standalone, mongos). */

@@ -4,11 +4,13 @@
  * acknowledged by a majority, journaled. No multi-document transactions: each operation is ordered
  * so that a crash between two writes leaves nothing claimable without its message and body.
  *
- * - put: body (GridFS, a fresh file id) -> message document (unique _id = queue id) -> deliveries
- *   (unique messageId+recipient). A put that finds the message document inserts whatever deliveries
- *   are missing, so a redelivery completes a put that stopped half-way; the loser of two concurrent
- *   puts deletes its own body file. The body is removed only once every recipient's delivery exists
- *   and none is queued or held.
+ * - put: body (GridFS, a fresh file id) -> message document (unique _id = queue id, with every
+ *   recipient's route) -> deliveries (unique messageId+recipient). A put that finds the message
+ *   document inserts whatever deliveries of the STORED recipients, routes and time are missing, so a
+ *   redelivery completes a put that stopped half-way and nothing else (mongo-queries deliveryDocs);
+ *   the loser of two concurrent puts deletes its own body file. The body is removed only once every
+ *   recipient's delivery exists and none is queued or held.
+ * - schema: versioned in `meta` and migrated forward at open (mongo-schema.ts).
  * - claim: findOneAndUpdate leases the oldest claimable delivery; updateMany leases the rest of its
  *   message and route under the same claim token. Each update re-checks claimability per document,
  *   so concurrent deliverers never lease one delivery twice.
@@ -20,8 +22,10 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GridFSBucket, MongoBulkWriteError, MongoClient, ObjectId, type Db, type Filter } from 'mongodb';
 import type { Logger } from '../runtime/logger.ts';
-import { CLAIM_ORDER, claimFilter, hasWritableServer, leaseUpdate, listFilter, notTaken } from './mongo-queries.ts';
-import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { bulkChange, CLAIM_ORDER, claimFilter, deliveryDocs, deliveryMatch, hasWritableServer, leaseUpdate, listFilter, listOrder, notTaken, type DeliveryDoc } from './mongo-queries.ts';
+import { prepareMongoSchema } from './mongo-schema.ts';
+import { StoreSchemaError } from './schema-version.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 import { ConfigError } from '../runtime/config.ts';
 
@@ -33,6 +37,8 @@ interface MessageDoc {
   mailFrom: string;
   /** Distinct recipients, in the sender's order. */
   recipients: string[];
+  /** Each recipient's route, by position (schema 2; absent in documents of schema 1). */
+  routes?: (string | null)[];
   /** The Envelope as JSON (its DSN map is keyed by addresses, which hold dots). */
   envelope: string;
   size: number;
@@ -42,16 +48,6 @@ interface MessageDoc {
   bodyId: ObjectId;
   /** Set when no delivery is queued or held any more: the latest delivery settledAt. */
   settledAt: number | null;
-  expireAt?: Date;
-}
-
-interface DeliveryDoc extends Delivery {
-  /** Position in the message's recipients. */
-  i: number;
-  receivedAt: number;
-  leaseOwner: string | null;
-  leaseUntil: number | null;
-  leaseToken?: string;
   expireAt?: Date;
 }
 
@@ -121,6 +117,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
         { key: { route: 1, state: 1, receivedAt: 1, messageId: 1 } }, // claims of one route, oldest first
         { key: { route: 1, state: 1, nextAttemptAt: 1 } }, // due work, nextDue
         { key: { state: 1, receivedAt: 1, messageId: 1 } }, // claims of any route, stats
+        { key: { settledAt: 1 } }, // activity (the console's last hour)
         { key: { expireAt: 1 }, expireAfterSeconds: 0 },
       ]),
       messages.createIndexes([
@@ -131,8 +128,10 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       attempts.createIndexes([{ key: { messageId: 1, at: 1, _id: 1 } }, { key: { expireAt: 1 }, expireAfterSeconds: 0 }]),
       cache.createIndexes([{ key: { expireAt: 1 }, expireAfterSeconds: 0 }]),
     ]);
+    await prepareMongoSchema(db, `MONGODB_URL: database ${db.databaseName}`, log);
   } catch (error) {
     await client.close();
+    if (error instanceof StoreSchemaError) throw new ConfigError(error.message);
     throw error;
   }
   log.info({ db: db.databaseName, retentionMs }, 'using the MongoDB store');
@@ -181,47 +180,38 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
     async put(mail: ReceivedMail, routes: Record<string, string>): Promise<boolean> {
       assertOpen();
       const recipients = routedRecipients(mail, routes);
+      let stored = await messages.findOne({ _id: mail.id }, { projection: { recipients: 1, routes: 1, receivedAt: 1 } });
       let created = false;
-      if (!(await messages.findOne({ _id: mail.id }, { projection: { _id: 1 } }))) {
+      if (!stored) {
         const bodyId = new ObjectId();
         await pipeline(Readable.from([mail.body]), bucket.openUploadStreamWithId(bodyId, mail.id, { metadata: { messageId: mail.id } }));
+        const doc: MessageDoc = {
+          _id: mail.id,
+          mailFrom: mail.envelope.mailFrom,
+          recipients,
+          routes: recipients.map((recipient) => routes[recipient] as string),
+          envelope: JSON.stringify(mail.envelope),
+          size: mail.body.length,
+          receivedAt: mail.receivedAt,
+          trace: mail.trace ?? {},
+          delayWarnedAt: null,
+          bodyId,
+          settledAt: null,
+        };
         try {
-          await messages.insertOne({
-            _id: mail.id,
-            mailFrom: mail.envelope.mailFrom,
-            recipients,
-            envelope: JSON.stringify(mail.envelope),
-            size: mail.body.length,
-            receivedAt: mail.receivedAt,
-            trace: mail.trace ?? {},
-            delayWarnedAt: null,
-            bodyId,
-            settledAt: null,
-          });
+          await messages.insertOne(doc);
           created = true;
+          stored = doc;
         } catch (error) {
           if (!isDuplicateKey(error)) throw error;
           await deleteBody(bodyId); // another put of this id got there first
+          stored = await messages.findOne({ _id: mail.id }, { projection: { recipients: 1, routes: 1, receivedAt: 1 } });
+          if (!stored) return false; // and it is gone again (removed meanwhile)
         }
       }
-      const docs: DeliveryDoc[] = recipients.map((recipient, i) => ({
-        messageId: mail.id,
-        recipient,
-        i,
-        route: routes[recipient] as string,
-        state: 'queued',
-        attempts: 0,
-        nextAttemptAt: mail.receivedAt,
-        lastAttemptAt: null,
-        lastReply: null,
-        lastNextHop: null,
-        settledAt: null,
-        receivedAt: mail.receivedAt,
-        leaseOwner: null,
-        leaseUntil: null,
-      }));
+      const docs = deliveryDocs(stored, routes);
       try {
-        await deliveries.insertMany(docs, { ordered: false });
+        if (docs.length > 0) await deliveries.insertMany(docs, { ordered: false });
       } catch (error) {
         if (!isDuplicateKey(error)) throw error; // already there: a redelivery, or a concurrent put
       }
@@ -297,18 +287,19 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       assertOpen();
       const limit = Math.max(0, Math.min(filter.limit ?? 50, 1000));
       const skip = Math.max(0, filter.offset ?? 0);
+      const onDelivery = deliveryMatch(filter);
       const matching = [
         { $match: listFilter(filter) },
-        ...(filter.state === undefined
+        ...(onDelivery === null
           ? []
           : [
-              { $lookup: { from: 'deliveries', localField: '_id', foreignField: 'messageId', pipeline: [{ $match: { state: filter.state } }, { $limit: 1 }, { $project: { _id: 1 } }], as: 'hit' } },
+              { $lookup: { from: 'deliveries', localField: '_id', foreignField: 'messageId', pipeline: [{ $match: onDelivery }, { $limit: 1 }, { $project: { _id: 1 } }], as: 'hit' } },
               { $match: { 'hit.0': { $exists: true } } },
               { $project: { hit: 0 } },
             ]),
       ];
       const [counted] = await messages.aggregate<{ n: number }>([...matching, { $count: 'n' }]).toArray();
-      const page = limit === 0 ? [] : await messages.aggregate<MessageDoc>([...matching, { $sort: { receivedAt: -1, _id: -1 } }, { $skip: skip }, { $limit: limit }]).toArray();
+      const page = limit === 0 ? [] : await messages.aggregate<MessageDoc>([...matching, { $sort: listOrder(filter) }, { $skip: skip }, { $limit: limit }]).toArray();
       return { total: counted?.n ?? 0, items: await summaries(page) };
     },
 
@@ -332,6 +323,37 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       assertOpen();
       const doc = await messages.findOne({ _id: messageId }, { projection: { bodyId: 1 } });
       return doc ? removeMessage(messageId, doc.bodyId) : false;
+    },
+
+    async bulk(action: BulkAction, messageIds: string[], now: number): Promise<BulkResult> {
+      assertOpen();
+      const result: BulkResult = { messages: [], deliveries: 0 };
+      for (let start = 0; start < messageIds.length; start += 1000) {
+        const ids = messageIds.slice(start, start + 1000);
+        if (action === 'remove') {
+          for (const doc of await messages.find({ _id: { $in: ids } }, { projection: { bodyId: 1 } }).toArray()) {
+            const count = await deliveries.countDocuments({ messageId: doc._id });
+            if (await removeMessage(doc._id, doc.bodyId)) {
+              result.messages.push(doc._id);
+              result.deliveries += Math.max(1, count);
+            }
+          }
+          continue;
+        }
+        const { filter, update } = bulkChange(action, ids, now);
+        const touched = new Set((await deliveries.distinct('messageId', filter as Filter<DeliveryDoc>)) as string[]);
+        result.deliveries += (await deliveries.updateMany(filter as Filter<DeliveryDoc>, update)).matchedCount;
+        result.messages.push(...ids.filter((id) => touched.has(id)));
+      }
+      return result;
+    },
+
+    async activity(since: number): Promise<Activity> {
+      assertOpen();
+      const received = await messages.countDocuments({ receivedAt: { $gte: since } });
+      const settled = await deliveries.aggregate<{ _id: DeliveryState; n: number }>([{ $match: { settledAt: { $gte: since } } }, { $group: { _id: '$state', n: { $sum: 1 } } }]).toArray();
+      const count = (state: DeliveryState) => settled.find((group) => group._id === state)?.n ?? 0;
+      return { received, delivered: count('delivered'), failed: count('failed') };
     },
 
     async takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]> {

@@ -9,64 +9,14 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
-import { type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
-/** PRAGMA user_version of the file format below; a file of another format is refused. */
-const FORMAT = 2;
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS messages (
-  id              TEXT PRIMARY KEY,
-  mail_from       TEXT NOT NULL,
-  recipients      TEXT NOT NULL,  -- JSON: distinct recipients, in the sender's order
-  envelope        TEXT NOT NULL,  -- JSON: the Envelope as received
-  size            INTEGER NOT NULL,
-  received_at     INTEGER NOT NULL,
-  trace           TEXT NOT NULL,  -- JSON: W3C trace context, {} when none
-  delay_warned_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS bodies (
-  message_id TEXT PRIMARY KEY,
-  body       BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-  message_id      TEXT NOT NULL,
-  recipient       TEXT NOT NULL,
-  route           TEXT NOT NULL,
-  state           TEXT NOT NULL,  -- queued | held | delivered | failed
-  attempts        INTEGER NOT NULL DEFAULT 0,
-  next_attempt_at INTEGER NOT NULL,
-  last_attempt_at INTEGER,
-  last_reply      TEXT,
-  last_next_hop   TEXT,
-  settled_at      INTEGER,        -- set when delivered or failed
-  lease_owner     TEXT,
-  lease_until     INTEGER,
-  PRIMARY KEY (message_id, recipient)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-  seq        INTEGER PRIMARY KEY,
-  message_id TEXT NOT NULL,
-  recipient  TEXT NOT NULL,
-  at         INTEGER NOT NULL,
-  next_hop   TEXT,
-  result     TEXT NOT NULL,
-  reply      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cache (
-  key        TEXT PRIMARY KEY,
-  value      TEXT NOT NULL,
-  expires_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries (route, state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (settled_at);
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at, id);
-CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
-CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_at);
-`;
-
+/** Messages changed per transaction by bulk(). */
+const BULK_CHUNK = 500;
 const MESSAGE_COLUMNS = 'id, mail_from, recipients, envelope, size, received_at, trace, delay_warned_at';
 const DELIVERY_COLUMNS =
   'message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply, last_next_hop, settled_at';
@@ -79,11 +29,11 @@ const CLAIMABLE = `d.state = 'queued' AND d.next_attempt_at <= :dueBy
 /** The list filter; a null parameter does not filter. */
 const LISTED = `(:receivedBefore IS NULL OR m.received_at <= :receivedBefore)
   AND (:sender IS NULL OR (:sender = '<>' AND m.mail_from = '') OR instr(lower(m.mail_from), lower(:sender)) > 0)
-  AND (:state IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state = :state))
-  AND (:domain IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
-        AND lower(substr(d.recipient, -length(:domain) - 1)) = '@' || lower(:domain)))
-  AND (:recipient IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
-        AND instr(lower(d.recipient), lower(:recipient)) > 0))`;
+  AND ((:states IS NULL AND :domain IS NULL AND :recipient IS NULL) OR EXISTS (
+        SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+          AND (:states IS NULL OR d.state IN (SELECT value FROM json_each(:states)))
+          AND (:domain IS NULL OR lower(substr(d.recipient, -length(:domain) - 1)) = '@' || lower(:domain))
+          AND (:recipient IS NULL OR instr(lower(d.recipient), lower(:recipient)) > 0)))`;
 
 interface MessageRow {
   id: string;
@@ -143,8 +93,11 @@ function inRecipientOrder(message: MessageInfo, deliveries: Delivery[]): Deliver
   return deliveries.sort((a, b) => (index.get(a.recipient) ?? 0) - (index.get(b.recipient) ?? 0));
 }
 
-/** Open (creating when missing) the store file at `path`. */
-export async function openSqliteStore(path: string): Promise<Store> {
+/**
+ * Open (creating when missing) the store file at `path`. A file written by an older build is
+ * migrated forward first (sqlite-schema.ts), in one transaction; a newer one is refused, untouched.
+ */
+export async function openSqliteStore(path: string, options: { log?: Logger } = {}): Promise<Store> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
   let open = true;
@@ -163,17 +116,11 @@ export async function openSqliteStore(path: string): Promise<Store> {
   }
 
   try {
+    checkSchema(db, path); // a newer or foreign file is refused before WAL mode changes its header
     db.exec('PRAGMA journal_mode = WAL');
     db.exec('PRAGMA synchronous = FULL');
-    tx(() => {
-      const { user_version: version } = db.prepare('PRAGMA user_version').get() as { user_version: number };
-      const used = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'`).get();
-      if (version !== FORMAT && (version !== 0 || used)) {
-        throw new Error(`${path}: store file format ${version} is not ${FORMAT} (written by another build); move the file away`);
-      }
-      db.exec(SCHEMA);
-      db.exec(`PRAGMA user_version = ${FORMAT}`);
-    });
+    const { from, steps } = tx(() => prepareSchema(db, path));
+    if (steps.length > 0) options.log?.info({ path, from, to: SQLITE_SCHEMA_VERSION, steps }, 'store migrated to the current schema');
   } catch (err) {
     db.close();
     throw err;
@@ -233,6 +180,11 @@ export async function openSqliteStore(path: string): Promise<Store> {
     list: db.prepare(
       `SELECT ${MESSAGE_COLUMNS} FROM messages m WHERE ${LISTED} ORDER BY m.received_at DESC, m.id DESC LIMIT :limit OFFSET :offset`,
     ),
+    listOldest: db.prepare(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages m WHERE ${LISTED} ORDER BY m.received_at, m.id LIMIT :limit OFFSET :offset`,
+    ),
+    receivedSince: db.prepare('SELECT COUNT(*) AS n FROM messages WHERE received_at >= ?'),
+    settledSince: db.prepare('SELECT state, COUNT(*) AS n FROM deliveries WHERE settled_at >= ? GROUP BY state'),
     listed: db.prepare(`SELECT COUNT(*) AS n FROM messages m WHERE ${LISTED}`),
     hold: db.prepare(`UPDATE deliveries SET state = 'held' WHERE message_id = ? AND state = 'queued'`),
     release: db.prepare(`UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE message_id = ? AND state = 'held'`),
@@ -383,7 +335,7 @@ export async function openSqliteStore(path: string): Promise<Store> {
     async list(filter: ListFilter): Promise<{ total: number; items: MessageSummary[] }> {
       assertOpen();
       const where = {
-        state: filter.state ?? null,
+        states: filter.state === undefined ? null : JSON.stringify([filter.state].flat()),
         domain: filter.domain ?? null,
         sender: filter.sender ?? null,
         recipient: filter.recipient ?? null,
@@ -392,7 +344,7 @@ export async function openSqliteStore(path: string): Promise<Store> {
       const page = { limit: Math.max(0, Math.min(filter.limit ?? 50, 1000)), offset: Math.max(0, filter.offset ?? 0) };
       return tx(() => {
         const total = (q.listed.get(where) as { n: number }).n;
-        const rows = q.list.all({ ...where, ...page }) as unknown as MessageRow[];
+        const rows = (filter.order === 'oldest' ? q.listOldest : q.list).all({ ...where, ...page }) as unknown as MessageRow[];
         const items = rows.map((row) => {
           const message = toMessage(row);
           return { message, deliveries: readDeliveries(message) };
@@ -419,6 +371,42 @@ export async function openSqliteStore(path: string): Promise<Store> {
     async remove(messageId: string): Promise<boolean> {
       assertOpen();
       return tx(() => deleteMessage(messageId));
+    },
+
+    async bulk(action: BulkAction, messageIds: string[], now: number): Promise<BulkResult> {
+      assertOpen();
+      const one = {
+        hold: (id: string) => Number(q.hold.run(id).changes),
+        release: (id: string) => Number(q.release.run(now, id).changes),
+        retry: (id: string) => Number(q.retryNow.run(now, id).changes),
+        remove: (id: string) => {
+          const deliveries = Number(q.deleteDeliveries.run(id).changes);
+          return deleteMessage(id) ? Math.max(1, deliveries) : 0;
+        },
+      }[action];
+      const result: BulkResult = { messages: [], deliveries: 0 };
+      // A few hundred per transaction: one fsync for many, and deliverers get the lock in between.
+      for (let start = 0; start < messageIds.length; start += BULK_CHUNK) {
+        tx(() => {
+          for (const id of messageIds.slice(start, start + BULK_CHUNK)) {
+            const changed = one(id);
+            if (changed > 0) {
+              result.messages.push(id);
+              result.deliveries += changed;
+            }
+          }
+        });
+      }
+      return result;
+    },
+
+    async activity(since: number): Promise<Activity> {
+      assertOpen();
+      return tx(() => {
+        const counts: Record<string, number> = {};
+        for (const r of q.settledSince.all(since) as unknown as { state: string; n: number }[]) counts[r.state] = r.n;
+        return { received: (q.receivedSince.get(since) as { n: number }).n, delivered: counts['delivered'] ?? 0, failed: counts['failed'] ?? 0 };
+      }, 'DEFERRED');
     },
 
     async takeDelayWarnings(receivedBefore: number, now: number, limit: number): Promise<MessageSummary[]> {

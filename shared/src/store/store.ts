@@ -31,20 +31,46 @@ export interface QueueStats {
   oldestQueuedAt: number | null;
 }
 
+/**
+ * Which messages list() returns. `state`, `domain` and `recipient` apply to one delivery: a message
+ * is listed when one of its deliveries matches all of those given (held mail for example.com is a
+ * held delivery to example.com, not a held delivery elsewhere and a recipient at example.com).
+ */
 export interface ListFilter {
-  /** Messages having at least one delivery in this state. */
-  state?: DeliveryState;
-  /** Messages with a recipient in this domain (exact, case-insensitive). */
+  /** A delivery in this state (or in any of these states). */
+  state?: DeliveryState | DeliveryState[];
+  /** A delivery to a recipient in this domain (exact, case-insensitive). */
   domain?: string;
   /** Sender contains this text (case-insensitive); '<>' matches the null sender. */
   sender?: string;
-  /** A recipient contains this text (case-insensitive). */
+  /** A delivery whose recipient contains this text (case-insensitive). */
   recipient?: string;
   /** Received at or before this epoch ms. */
   receivedBefore?: number;
-  /** Newest first; default 50, at most 1000. */
+  /** Newest first (default) or oldest first. */
+  order?: 'newest' | 'oldest';
+  /** Default 50, at most 1000. */
   limit?: number;
   offset?: number;
+}
+
+/** The admin operations that bulk() applies to many messages (remove deletes them). */
+export type BulkAction = 'hold' | 'release' | 'retry' | 'remove';
+
+export interface BulkResult {
+  /** The messages that changed (remove: that were removed), in the order given. */
+  messages: string[];
+  /** Deliveries changed (remove: deleted). */
+  deliveries: number;
+}
+
+/** What happened since a time: for the console's overview. */
+export interface Activity {
+  /** Messages received (stored) at or after the time. */
+  received: number;
+  /** Deliveries that became delivered / failed at or after the time. */
+  delivered: number;
+  failed: number;
 }
 
 export interface MessageSummary {
@@ -94,6 +120,13 @@ export interface Store {
   retryNow(messageId: string, now: number): Promise<number>;
   /** Delete the message, its body, deliveries and attempts; false when unknown. */
   remove(messageId: string): Promise<boolean>;
+  /**
+   * hold / release / retryNow / remove for many messages with the same rules as the one-message
+   * operations, in few durable writes (a console action on a whole filter). Unknown ids are skipped.
+   */
+  bulk(action: BulkAction, messageIds: string[], now: number): Promise<BulkResult>;
+  /** Messages received and deliveries settled at or after `since` (records still kept). */
+  activity(since: number): Promise<Activity>;
   /**
    * Atomically mark up to `limit` messages as delay-warned: those received before `receivedBefore`
    * with a queued delivery and not warned yet. Returns them with their queued deliveries.

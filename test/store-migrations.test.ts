@@ -1,0 +1,239 @@
+/**
+ * Upgrades keep the queue (issue 13, defect 9): a spool written by an earlier build (made here by
+ * hand in that build's format, test/support/store-formats.ts) is migrated forward when backupmx
+ * starts, and its queued mail reaches the primary; a file from a newer build, or one that is no
+ * backupmx store, is refused with one line and left alone; a migration that fails changes nothing.
+ */
+import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { describe, it } from 'node:test';
+import { startPrimary, type Received } from './support/primary.ts';
+import { ENTRY, ROOT, spawnService, waitReady } from './support/processes.ts';
+import { writeSqliteV1, writeSqliteV2, type OldMessage } from './support/store-formats.ts';
+import { freePort, tempDir, waitFor } from './support/util.ts';
+
+const HOUR = 3_600_000;
+
+function body(id: string): Buffer {
+  return Buffer.from(
+    `Received: from client.origin.test ([192.0.2.7])\r\n\tby backup.example.test (backupmx) with ESMTP id ${id}\r\n\tfor <x@example.test>; Tue, 1 Dec 2026 10:00:00 +0000\r\n` +
+      `From: <sender@origin.test>\r\nSubject: queued before the upgrade ${id}\r\n\r\ncaf\u00e9 body of ${id}\r\n.leading dot\r\n`,
+    'utf8',
+  );
+}
+
+/** What the primary got, per message (by the id in the Subject): envelope recipients and bytes. */
+function arrivals(messages: Received[]): Map<string, { to: string[]; raw: Buffer }[]> {
+  const byId = new Map<string, { to: string[]; raw: Buffer }[]>();
+  for (const m of messages) {
+    const id = /queued before the upgrade (\w+)/.exec(m.raw.toString('utf8'))?.[1] ?? '?';
+    byId.set(id, [...(byId.get(id) ?? []), { to: m.to, raw: m.raw }]);
+  }
+  return byId;
+}
+
+async function queueEntry(httpPort: number, id: string) {
+  const response = await fetch(`http://127.0.0.1:${httpPort}/api/queue/${id}`);
+  assert.equal(response.status, 200, `GET /api/queue/${id}`);
+  return (await response.json()) as { deliveries: { recipient: string; state: string; lastReply: string | null }[]; attempts: { recipient: string; result: string }[] };
+}
+
+/**
+ * Start `npm start` on a DATA_DIR holding `write`'s file, wait for `expected` (queue id -> the
+ * recipients that must arrive), then check every arrival and return the API's view and the log.
+ */
+async function upgradeAndDeliver(write: (path: string, route: string) => OldMessage[], expected: Record<string, string[]>) {
+  const primary = await startPrimary();
+  const dir = tempDir();
+  const route = `127.0.0.1:${primary.port}`;
+  const stored = write(join(dir.path, 'data', 'spool.sqlite'), route);
+  const env = {
+    RELAY_DOMAINS: 'example.test',
+    PRIMARY: route,
+    SMTP_HOST: '127.0.0.1',
+    SMTP_PORT: String(await freePort()),
+    HTTP_HOST: '127.0.0.1',
+    HTTP_PORT: String(await freePort()),
+    DATA_DIR: join(dir.path, 'data'),
+    PROBE_INTERVAL: '1s',
+    SMTP_HOSTNAME: 'backup.example.test',
+  };
+  const service = spawnService('all', 'all', env, join(dir.path, 'logs'));
+  try {
+    await waitReady(service);
+    const want = Object.values(expected).flat().length;
+    await waitFor(`${want} recipients at the primary`, () => primary.messages.flatMap((m) => m.to).length >= want, 30_000);
+    await new Promise((resolve) => setTimeout(resolve, 1500)); // nothing more (held, failed, delivered) may follow
+    const got = arrivals(primary.messages);
+    assert.deepEqual([...got.keys()].sort(), Object.keys(expected).sort(), 'the messages that reach the primary');
+    for (const [id, recipients] of Object.entries(expected)) {
+      const copies = got.get(id) ?? [];
+      assert.deepEqual(copies.flatMap((c) => c.to).sort(), [...recipients].sort(), `${id}: each queued recipient once`);
+      const original = stored.find((m) => m.id === id)?.body ?? Buffer.alloc(0);
+      for (const copy of copies) assert.ok(copy.raw.equals(original), `${id}: the stored bytes, unchanged`);
+    }
+    const views = Object.fromEntries(await Promise.all(stored.map(async (m) => [m.id, await queueEntry(service.httpPort, m.id)] as const)));
+    assert.equal(await service.stop(), 0);
+    const log = readFileSync(join(dir.path, 'logs', 'all.log'), 'utf8');
+    const file = new DatabaseSync(join(dir.path, 'data', 'spool.sqlite'), { readOnly: true });
+    const version = (file.prepare('PRAGMA user_version').get() as { user_version: number }).user_version;
+    file.close();
+    return { views, log, version };
+  } finally {
+    await service.stop('SIGKILL');
+    await primary.close();
+    dir.remove();
+  }
+}
+
+describe('upgrades keep the queue (SQLite store)', () => {
+  it('a spool in format 2 (0.1.0) is opened as it is and its queued mail is delivered', async () => {
+    const now = Date.now();
+    const { views, log, version } = await upgradeAndDeliver((path, route) => {
+      const messages: OldMessage[] = [
+        {
+          id: 'M2A',
+          from: 'sender@origin.test',
+          receivedAt: now - HOUR,
+          body: body('M2A'),
+          recipients: [
+            { address: 'a1@example.test', route, state: 'queued' },
+            { address: 'a2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 30 * 60_000, nextAttemptAt: now - 60_000, lastReply: '451 4.3.0 try later' },
+          ],
+        },
+        {
+          id: 'M2B',
+          from: '',
+          receivedAt: now - HOUR + 1,
+          body: body('M2B'),
+          recipients: [
+            { address: 'b1@example.test', route, state: 'delivered', attempts: 1, lastAttemptAt: now - 50 * 60_000, lastReply: '250 2.0.0 Ok' },
+            { address: 'b2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 50 * 60_000, nextAttemptAt: now - 1000, lastReply: '452 4.2.2 over quota' },
+          ],
+        },
+        { id: 'M2C', from: 'sender@origin.test', receivedAt: now - HOUR + 2, body: body('M2C'), recipients: [{ address: 'c1@example.test', route, state: 'failed', attempts: 1, lastAttemptAt: now - 40 * 60_000, lastReply: '550 5.1.1 no such user' }] },
+        { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] },
+      ];
+      writeSqliteV2(path, messages);
+      return messages;
+    }, { M2A: ['a1@example.test', 'a2@example.test'], M2B: ['b2@example.test'] });
+
+    assert.equal(version, 2);
+    assert.doesNotMatch(log, /store migrated/, 'format 2 is current: nothing to migrate');
+    assert.deepEqual(views['M2A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
+    assert.deepEqual(views['M2A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
+    assert.deepEqual(views['M2B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
+    assert.deepEqual(views['M2C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user'], 'a failed record stays a record');
+    assert.deepEqual(views['M2D']?.deliveries.map((d) => d.state), ['held'], 'held mail stays held');
+  });
+
+  it('a spool in format 1 (pre-release builds) is migrated at start-up and its queued mail is delivered', async () => {
+    const now = Date.now();
+    const { views, log, version } = await upgradeAndDeliver((path, route) => {
+      const messages: OldMessage[] = [
+        {
+          id: 'M1A',
+          from: 'sender@origin.test',
+          receivedAt: now - HOUR,
+          body: body('M1A'),
+          recipients: [
+            { address: 'a1@example.test', route, state: 'queued' },
+            { address: 'a2@example.test', route, state: 'queued', attempts: 2, lastAttemptAt: now - 30 * 60_000, nextAttemptAt: now - 60_000, lastReply: '451 4.3.0 try later' },
+          ],
+        },
+        {
+          id: 'M1B',
+          from: '',
+          receivedAt: now - HOUR + 1,
+          body: body('M1B'),
+          recipients: [
+            { address: 'b1@example.test', route, state: 'delivered' },
+            { address: 'b2@example.test', route, state: 'queued', attempts: 1, lastAttemptAt: now - 50 * 60_000, nextAttemptAt: now - 1000, lastReply: '452 4.2.2 over quota' },
+          ],
+        },
+        { id: 'M1C', from: 'sender@origin.test', receivedAt: now - HOUR + 2, body: body('M1C'), recipients: [{ address: 'c1@example.test', route, state: 'failed', attempts: 1, lastAttemptAt: now - 40 * 60_000, lastReply: '550 5.1.1 no such user' }] },
+      ];
+      writeSqliteV1(path, messages);
+      return messages;
+    }, { M1A: ['a1@example.test', 'a2@example.test'], M1B: ['b2@example.test'] });
+
+    assert.equal(version, 2, 'the file is in the current format afterwards');
+    const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
+    assert.equal(migrated.length, 1, 'one log line says so');
+    assert.match(migrated[0] ?? '', /"from":1,"to":2/);
+    assert.deepEqual(views['M1A']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['a1@example.test delivered', 'a2@example.test delivered']);
+    assert.deepEqual(views['M1B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b2@example.test delivered'], 'format 1 had deleted b1 (delivered)');
+    assert.deepEqual(views['M1C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user']);
+  });
+});
+
+describe('store files this build cannot use are refused, untouched', () => {
+  const good = { RELAY_DOMAINS: 'example.test', PRIMARY: '127.0.0.1:2526', SMTP_HOST: '127.0.0.1', SMTP_PORT: '0', HTTP_HOST: '127.0.0.1', HTTP_PORT: '0' };
+  function start(dataDir: string) {
+    const result = spawnSync(process.execPath, [join(ROOT, ENTRY.all)], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...good, DATA_DIR: dataDir }, encoding: 'utf8', timeout: 120_000 });
+    return { code: result.status, stderr: result.stderr };
+  }
+  const one = { id: 'M9', from: 'a@origin.test', receivedAt: 1, body: body('M9'), recipients: [{ address: 'x@example.test', route: '127.0.0.1:2526', state: 'queued' as const }] };
+
+  it('a file from a newer build: one line naming DATA_DIR and both versions, exit 78, the file byte for byte as it was', () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, 'spool.sqlite');
+      writeSqliteV2(path, [one], { version: 3, journal: 'DELETE' });
+      const before = readFileSync(path);
+      const { code, stderr } = start(dir.path);
+      assert.equal(code, 78);
+      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: store schema 3 is newer than this build's 2 (written by a newer backupmx); run that version or a later one, the store was left unchanged\n`);
+      assert.ok(readFileSync(path).equals(before), 'the file is unchanged');
+    } finally {
+      dir.remove();
+    }
+  });
+
+  it('a SQLite file that is no backupmx store: one line, exit 78, untouched', () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, 'spool.sqlite');
+      const other = new DatabaseSync(path);
+      other.exec(`CREATE TABLE messages (id TEXT PRIMARY KEY, subject TEXT); INSERT INTO messages VALUES ('1', 'not ours')`);
+      other.close();
+      const before = readFileSync(path);
+      const { code, stderr } = start(dir.path);
+      assert.equal(code, 78);
+      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: not a backupmx store (tables messages, no schema version); the file was left unchanged\n`);
+      assert.ok(readFileSync(path).equals(before));
+    } finally {
+      dir.remove();
+    }
+  });
+
+  it('a migration that fails half-way (a broken row) is rolled back: the file keeps its old format and every row', () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, 'spool.sqlite');
+      writeSqliteV1(path, [one, { ...one, id: 'M8' }]);
+      const broken = new DatabaseSync(path);
+      broken.exec(`UPDATE messages SET recipients = 'not json' WHERE id = 'M8'`);
+      broken.close();
+      const { code, stderr } = start(dir.path);
+      assert.equal(code, 78);
+      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: migration from store schema 1 to 2 failed, the file was left unchanged: malformed JSON\n`);
+      const check = new DatabaseSync(path, { readOnly: true });
+      assert.equal((check.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 0);
+      assert.deepEqual(
+        (check.prepare('SELECT name FROM pragma_table_info(?)').all('messages') as { name: string }[]).map((c) => c.name),
+        ['id', 'mail_from', 'recipients', 'size', 'received_at'],
+        'format 1 columns',
+      );
+      assert.deepEqual((check.prepare('SELECT id FROM messages ORDER BY id').all() as { id: string }[]).map((r) => r.id), ['M8', 'M9']);
+      assert.equal((check.prepare('SELECT COUNT(*) AS n FROM deliveries').get() as { n: number }).n, 2);
+      check.close();
+    } finally {
+      dir.remove();
+    }
+  });
+});
