@@ -85,7 +85,7 @@ describe('primaries and alerts', () => {
   });
 
   it('alerts on down, and on up only after down', () => {
-    const state = { state: 'down', since: 0, lastError: 'timeout', latencyMs: null, updatedAt: 0 } as const;
+    const state = { state: 'down', since: 0, lastError: 'timeout', latencyMs: null, tls: null, updatedAt: 0 } as const;
     assert.equal(primaryAlert({ target: 't:25', from: 'unknown', to: 'down', at: 0, lastError: 'timeout' }, state, 'mx2')?.event, 'primary.down');
     assert.equal(primaryAlert({ target: 't:25', from: 'down', to: 'up', at: 0, lastError: null }, { ...state, state: 'up' }, 'mx2')?.event, 'primary.up');
     assert.equal(primaryAlert({ target: 't:25', from: 'unknown', to: 'up', at: 0, lastError: null }, { ...state, state: 'up' }, 'mx2'), null);

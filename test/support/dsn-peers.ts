@@ -10,7 +10,9 @@ import { startIngress } from '../../services/ingress/src/ingress.ts';
 import { startSpool } from '../../services/spool/src/spool.ts';
 import { createSweeper } from '../../services/spool/src/sweep.ts';
 import { createDeliverer, type DelivererOptions } from '../../services/deliverer/src/deliverer.ts';
-import { freePort, tempDir } from './util.ts';
+import type { Logger } from '../../shared/src/runtime/logger.ts';
+import { sendRaw } from './reports.ts';
+import { freePort, tempDir, waitFor } from './util.ts';
 
 export interface PeerMessage {
   from: string;
@@ -20,6 +22,8 @@ export interface PeerMessage {
   mailArgs: Record<string, unknown>;
   /** RCPT TO parameters per recipient. */
   rcptArgs: Record<string, Record<string, unknown>>;
+  /** The message came over TLS (STARTTLS). */
+  secure: boolean;
 }
 
 /**
@@ -43,13 +47,16 @@ function replyErrorOf(reply: string): Error & { responseCode: number } {
 
 /**
  * A real SMTP server (smtp-server) playing a primary or a smarthost: records every message it
- * accepts with its envelope and DSN parameters.
+ * accepts with its envelope and DSN parameters. With `setup.tls` (PEM key and certificate) it
+ * offers STARTTLS; `setup.port` listens on that port (a peer restarted in place).
  */
-export async function startPeer(behaviour: PeerBehaviour = {}) {
+export async function startPeer(behaviour: PeerBehaviour = {}, setup: { tls?: { key: string; cert: string }; port?: number } = {}) {
   const messages: PeerMessage[] = [];
   let connections = 0;
+  let mailCommands = 0;
   const server: SMTPServer = new SMTPServer({
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    disabledCommands: setup.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    ...(setup.tls ? { key: setup.tls.key, cert: setup.tls.cert } : {}),
     logger: false,
     closeTimeout: 500,
     hideENHANCEDSTATUSCODES: false,
@@ -57,6 +64,10 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
     onConnect(_session, callback) {
       connections += 1;
       if (behaviour.greeting) return callback(replyErrorOf(behaviour.greeting));
+      callback();
+    },
+    onMailFrom(_address, _session, callback) {
+      mailCommands += 1;
       callback();
     },
     onRcptTo(address, _session, callback) {
@@ -85,6 +96,7 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
           raw: Buffer.concat(chunks),
           mailArgs: { ...((mailFrom && mailFrom.args) || {}) },
           rcptArgs: Object.fromEntries(session.envelope.rcptTo.map((rcpt) => [rcpt.address, { ...(rcpt.args || {}) }])),
+          secure: session.secure,
         });
         callback();
       });
@@ -93,13 +105,15 @@ export async function startPeer(behaviour: PeerBehaviour = {}) {
   server.on('error', () => {});
   await new Promise<void>((resolve, reject) => {
     server.server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    server.listen(setup.port ?? 0, '127.0.0.1', () => resolve());
   });
   return {
     port: (server.server.address() as AddressInfo).port,
     messages,
     behaviour,
     connections: () => connections,
+    /** MAIL FROM commands the peer has seen (also of transactions it did not complete). */
+    mailCommands: () => mailCommands,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
@@ -109,9 +123,10 @@ export type Peer = Awaited<ReturnType<typeof startPeer>>;
 /**
  * The whole system in this process (in-process broker, fresh SQLite store): ingress, spool with
  * its sweep, and a deliverer with the given MX seams. Sender authentication is off (no DNS).
+ * `dataDir`: use (and keep) this DATA_DIR instead of a fresh one (a restart); `log`: the logger.
  */
-export async function startSystem(env: Record<string, string>, options: { deliverer?: DelivererOptions; deliver?: boolean } = {}) {
-  const dir = tempDir();
+export async function startSystem(env: Record<string, string>, options: { deliverer?: DelivererOptions; deliver?: boolean; dataDir?: string; log?: Logger } = {}) {
+  const dir = options.dataDir ? { path: options.dataDir, remove: () => {} } : tempDir();
   const port = await freePort();
   const config: Config = loadConfig({
     SMTP_HOST: '127.0.0.1',
@@ -123,7 +138,7 @@ export async function startSystem(env: Record<string, string>, options: { delive
     RETRY_SCHEDULE: '1h',
     ...env,
   });
-  const log = createLogger('test', process.env.TEST_LOG_LEVEL ?? 'silent');
+  const log = options.log ?? createLogger('test', process.env.TEST_LOG_LEVEL ?? 'silent');
   const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
   const broker = createMemoryBroker(join(dir.path, 'dead'), log);
   await startSpool(config, store, broker, log);
@@ -134,6 +149,7 @@ export async function startSystem(env: Record<string, string>, options: { delive
   const ingress = await startIngress(config, broker, log, { store });
   return {
     port,
+    dataDir: dir.path,
     config,
     store,
     broker,
@@ -150,3 +166,13 @@ export async function startSystem(env: Record<string, string>, options: { delive
 }
 
 export type System = Awaited<ReturnType<typeof startSystem>>;
+
+/** Send one message (from sender@origin.test to `recipient`) and wait for its first recorded attempt: that delivery. */
+export async function sendAndAttempt(system: System, subject: string, recipient = 'a@example.test') {
+  const { id, final } = await sendRaw(system.port, { from: 'sender@origin.test', rcpts: [{ address: recipient }], message: `From: <sender@origin.test>\r\nSubject: ${subject}\r\n\r\nHello.\r\n` });
+  if (!final.startsWith('250 ')) throw new Error(`${subject}: not accepted: ${final}`);
+  return waitFor(`the attempt of ${subject}`, async () => {
+    const delivery = (await system.store.getMessage(id ?? ''))?.deliveries[0];
+    return delivery?.attempts ? delivery : null;
+  });
+}

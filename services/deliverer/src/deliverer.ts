@@ -11,11 +11,14 @@ import type { Store } from '@backupmx/shared/store/store.ts';
 import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/types.ts';
 import { recordAttempt } from './attempt-telemetry.ts';
 import { planMx, selfFrom, type MxResolver } from './mx.ts';
+import { createMtaSts, type AppliedPolicy, type StsResolver } from './mta-sts.ts';
 import { resolveTargets, type HostLookup } from './next-hop.ts';
+import { stsHops, stsTestingRefusal } from '../../../shared/src/rules/mta-sts.ts';
+import { domainRequirement, recipientsRequirement, strictest, verified, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
 import { toOutcomes, verdicts } from '../../../shared/src/rules/outcomes.ts';
 import { reportEntries } from './report-entries.ts';
 import { nextAttemptAt } from '../../../shared/src/rules/retry.ts';
-import { createSmtpClient, type Attempt, type Hop, type OutgoingMessage } from './smtp-client.ts';
+import { createSmtpClient, type Attempt, type Hop, type HopTls, type OutgoingMessage } from './smtp-client.ts';
 
 const tracer = trace.getTracer('backupmx-deliverer');
 
@@ -24,18 +27,30 @@ export const TICK_MS = 2000;
 
 type TargetState = { state: PrimaryEvent['state']; at: number };
 
-/** Seams for MX routing (tests use a fake resolver and their own primary's port). */
+/** Seams for MX routing and MTA-STS (tests use a fake resolver, their own ports and CA). */
 export interface DelivererOptions {
-  /** node:dns/promises Resolver-like; default: the system's resolvers. */
-  resolver?: MxResolver;
+  /** node:dns/promises Resolver-like (MX, A, AAAA, TXT); default: the system's resolvers. */
+  resolver?: MxResolver & StsResolver;
   /** Port of MX hosts (RFC 5321: 25). */
   mxPort?: number;
+  /** Port of MTA-STS policy hosts (443). */
+  mtaStsPort?: number;
+  /** CAs standing in for the system's: MTA-STS policy hosts, and next hops verified without PRIMARY_TLS_CA. */
+  systemCa?: string[];
   /** This host's addresses, for spotting ourselves among MX hosts; default: every interface's. */
   localAddresses?: string[];
   /** Order of MX hosts of equal preference; default Math.random. */
   random?: () => number;
   /** Addresses of a host-list route's names, asked at every attempt; default: the system resolver. */
   lookup?: HostLookup;
+}
+
+type Plan = { hops: Hop[]; tls: HopTls; sts: AppliedPolicy | null } | { defer: string } | { fail: string };
+
+/** How TLS went, for the delivery log lines: `TLSv1.3 verified`, `TLSv1.3 not verified`, `none`. */
+function tlsSummary(attempt: Attempt): string | null {
+  if (!attempt.tls) return null;
+  return attempt.tls.secured ? `${attempt.tls.protocol ?? 'TLS'} ${verified(attempt.tls) ? 'verified' : 'not verified'}` : 'none';
 }
 
 /** The envelope to relay: sender, recipients with their RFC 3461 parameters, RET, ENVID, size, body type. */
@@ -65,9 +80,12 @@ function outgoing(message: MessageInfo, recipients: readonly string[]): Outgoing
  */
 export function createDeliverer(config: Config, store: Store, broker: Broker, log: Logger, options: DelivererOptions = {}) {
   const owner = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const client = createSmtpClient({ name: config.SMTP_HOSTNAME, maxConnections: config.DELIVERY_CONCURRENCY });
+  const client = createSmtpClient({ name: config.SMTP_HOSTNAME, maxConnections: config.DELIVERY_CONCURRENCY, ...(options.systemCa ? { systemCa: options.systemCa } : {}) });
   const reporter = createReporter(config, store, broker, log);
-  const resolver: MxResolver = options.resolver ?? new Resolver({ timeout: 5000, tries: 2 });
+  const resolver = options.resolver ?? new Resolver({ timeout: 5000, tries: 2 });
+  const mtaSts = config.MTA_STS
+    ? createMtaSts({ resolver, store, log, ...(options.mtaStsPort ? { port: options.mtaStsPort } : {}), ...(options.systemCa ? { ca: options.systemCa } : {}) })
+    : null;
   const self = selfFrom(config.SMTP_HOSTNAME, config.SELF_NAMES, options.localAddresses);
   const targets = new Map<string, TargetState>();
   const workers = new Map<string, { running: Promise<void> | null; pending: { flush: boolean } | null }>();
@@ -126,11 +144,35 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
   }
 
-  /** Where a route's mail goes now: its hosts' addresses as they resolve now, or its domain's MX hosts (or why not now). */
-  async function hopsOf(route: string): Promise<{ hops: Hop[] } | { defer: string } | { fail: string }> {
+  /**
+   * Where a route's mail goes now and what its TLS must be: its hosts' addresses as they resolve
+   * now, or its domain's MX hosts (or why not now); PRIMARY_TLS of the recipients' domains; for an MX route, the domain's
+   * MTA-STS policy: in enforce mode only the MX hosts it names, over verified TLS; in testing mode
+   * the same checks, for the log only.
+   */
+  async function planOf(route: string, recipients: readonly string[]): Promise<Plan> {
+    const own = recipientsRequirement(config, recipients);
     const domain = mxDomainOf(route);
-    if (domain === null) return resolveTargets(routeTargets(route), options.lookup);
-    return planMx(domain, { resolver, self, port: options.mxPort ?? 25, ...(options.random ? { random: options.random } : {}) });
+    if (domain === null) {
+      const resolved = await resolveTargets(routeTargets(route), options.lookup);
+      return 'hops' in resolved ? { hops: resolved.hops, tls: { requirement: own }, sts: null } : resolved;
+    }
+    const [mx, sts] = await Promise.all([
+      planMx(domain, { resolver, self, port: options.mxPort ?? 25, ...(options.random ? { random: options.random } : {}) }),
+      mtaSts?.policyFor(domain) ?? null,
+    ]);
+    if (!('hops' in mx)) return mx;
+    if (!sts) return { hops: mx.hops, tls: { requirement: own }, sts: null };
+    // RFC 8461 4.2: a certificate chaining to a trusted root (PRIMARY_TLS_CA for a domain we back up that names one) for the MX host name.
+    const stsRequirement: TlsRequirement = { level: 'verify', trust: domainRequirement(config, domain).trust, pins: [] };
+    const { policy } = sts;
+    if (policy.mode === 'testing') return { hops: mx.hops, tls: { requirement: own, audit: stsRequirement }, sts };
+    const allowed = stsHops(policy, domain, mx.hops);
+    if ('defer' in allowed || allowed.skipped.length) {
+      log.warn({ domain, policyId: policy.id, skipped: 'defer' in allowed ? mx.hops.map((hop) => hop.name) : allowed.skipped, policyMx: policy.mx }, 'MTA-STS: MX hosts not in the policy skipped');
+    }
+    if ('defer' in allowed) return allowed;
+    return { hops: allowed.hops, tls: { requirement: strictest([own, stsRequirement]) }, sts };
   }
 
   async function deliver(claim: ClaimedMessage): Promise<'answered' | 'unreachable'> {
@@ -141,11 +183,11 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     const parent = propagation.extract(ROOT_CONTEXT, message.trace ?? {});
     return tracer.startActiveSpan('smtp.deliver', { attributes: { 'backupmx.queue_id': message.id, 'backupmx.recipients': recipients.length, 'backupmx.route': claim.route } }, parent, async (span) => {
       try {
-        const plan = await hopsOf(claim.route);
-        // No hop to try (DNS): a deferral (4.4.x), or a failure for a domain that takes no mail.
+        const plan = await planOf(claim.route, recipients);
+        // No hop to try (DNS, MTA-STS): a deferral (4.4.x, 4.7.5), or a failure for a domain that takes no mail.
         const attempt: Attempt =
           'hops' in plan
-            ? await client.send(plan.hops, outgoing(message, recipients), () => store.readBody(message.id))
+            ? await client.send(plan.hops, outgoing(message, recipients), () => store.readBody(message.id), plan.tls)
             : 'fail' in plan
               ? { target: '', error: { message: plan.fail, response: plan.fail, responseCode: Number(plan.fail.slice(0, 3)) }, remoteMta: null, dsn: false }
               : { target: '', error: { message: plan.defer }, remoteMta: null, dsn: false };
@@ -165,8 +207,13 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
         }
         await store.settle(message.id, owner, outcomes, now);
         recordAttempt(span, claim.route, attempt, list);
+        if ('hops' in plan && plan.sts && plan.tls.audit && attempt.remoteMta) {
+          const reason = stsTestingRefusal(plan.sts.policy, attempt.remoteMta, attempt.target, attempt.tls ?? null, plan.tls.audit);
+          if (reason) log.warn({ queueId: message.id, domain: mxDomainOf(claim.route), policyId: plan.sts.policy.id, relay: attempt.target, reason }, 'MTA-STS testing: enforce mode would have refused this delivery');
+        }
+        const tls = tlsSummary(attempt);
         for (const verdict of list) {
-          const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target || null, result: verdict.result, reply: verdict.reply };
+          const fields = { queueId: message.id, to: verdict.recipient, relay: attempt.target || null, ...(tls ? { tls } : {}), result: verdict.result, reply: verdict.reply };
           if (verdict.result === 'delivered') log.info(fields, 'delivered');
           else log.warn(fields, verdict.result === 'failed' ? 'delivery failed' : 'delivery deferred');
         }

@@ -1,6 +1,9 @@
 import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { formatTarget, type Target } from '@backupmx/shared/runtime/config.ts';
+import { chainOnly, securedFacts, trustAnchors, unsecuredFacts } from '@backupmx/shared/mail/peer-tls.ts';
+import { NOT_OFFERED, OPPORTUNISTIC, tlsRefusal, tlsRequired, type TlsFacts, type TlsRequirement } from '../../../shared/src/rules/next-hop-tls.ts';
 import type { SendError, SendResult } from '../../../shared/src/rules/outcomes.ts';
 
 export interface ClientOptions {
@@ -11,6 +14,18 @@ export interface ClientOptions {
   /** Close a cached connection after this long idle (Postfix keeps them 2 s). */
   idleMs?: number;
   connectionTimeoutMs?: number;
+  /** Stands in for the system's CAs (SYSTEM_TRUST); tests give their own CA. */
+  systemCa?: string[];
+}
+
+/** What a hop's TLS must satisfy before any mail goes to it. */
+export interface HopTls {
+  requirement: TlsRequirement;
+  /**
+   * Checked as well, for logs only (an MTA-STS policy in testing mode); the connection checks the
+   * chain against its trust anchors when `requirement` itself does not verify.
+   */
+  audit?: TlsRequirement;
 }
 
 /** One address to try; `name` is the host's DNS name when the address came from an MX lookup. */
@@ -40,11 +55,18 @@ export interface OutgoingMessage {
  * advertised DSN (so it, not we, reports on what it accepted: RFC 3461 5.2). A `result` may carry
  * `rejectedErrors`, and so may an `error` (the RCPT replies before DATA failed).
  */
-export type Attempt = ({ target: string; result: SendResult } | { target: string; error: SendError }) & { remoteMta: string | null; dsn: boolean };
+export type Attempt = ({ target: string; result: SendResult } | { target: string; error: SendError }) & {
+  remoteMta: string | null;
+  dsn: boolean;
+  /** What the hop that answered showed of its TLS (null: no connection got that far). */
+  tls?: TlsFacts | null;
+};
 
 /** Internals of nodemailer's SMTPConnection we rely on (checked at load, covered by tests). */
 interface ConnectionInternals {
   _sendRcpt(recipient: string, callback: unknown): void;
+  /** The socket of the session: the TLS socket once STARTTLS is done. */
+  _socket: unknown;
 }
 const internals = SMTPConnection.prototype as unknown as Partial<ConnectionInternals>;
 if (typeof internals._sendRcpt !== 'function') {
@@ -89,6 +111,7 @@ interface Slot {
   connection: RelayConnection;
   /** The hop advertised DSN in its EHLO reply. */
   dsn: boolean;
+  tls: TlsFacts;
   messages: number;
   alive: boolean;
   idleTimer: NodeJS.Timeout | null;
@@ -120,22 +143,35 @@ export function createSmtpClient(options: ClientOptions) {
     return pool;
   }
 
-  function open(hop: Hop): Promise<Slot> {
+  /** A TLS failure under a requirement: a deferral (no reply code), and the next hop is tried. */
+  function tlsFailure(refusal: string, facts: TlsFacts): SendError & { tls: TlsFacts } {
+    return { message: refusal, command: 'CONN', tls: facts };
+  }
+
+  /** `hopName`: the hop in replies (`name[address]:port` or `host:port`). */
+  function open(hop: Hop, tls: HopTls, hopName: string): Promise<Slot> {
+    const name = hop.name ?? hop.host;
+    const required = tlsRequired(tls.requirement);
+    // The chain is checked against the anchors of what verifies: the requirement, else the audit.
+    const verifying = tls.requirement.level === 'verify' ? tls.requirement : (tls.audit ?? tls.requirement);
+    const ca = trustAnchors(verifying.trust, options.systemCa);
     const connection = new RelayConnection({
       host: hop.host,
       port: hop.port,
       secure: false,
       name: options.name,
-      // Opportunistic STARTTLS without certificate checks, as Postfix's smtp_tls_security_level=may,
-      // and on in plain text when the handshake fails.
-      opportunisticTLS: true,
-      tls: { rejectUnauthorized: false, ...(hop.name ? { servername: hop.name } : {}) },
+      // STARTTLS whenever offered. Under `may` (Postfix's smtp_tls_security_level=may) a refused
+      // STARTTLS goes on in plain text; under a requirement it ends the session, and a hop that
+      // does not offer it is left before MAIL (checked below). Certificates are never rejected
+      // during the handshake: the facts are judged after it, by rules/next-hop-tls.ts.
+      opportunisticTLS: !required,
+      tls: { rejectUnauthorized: false, ...chainOnly, ...(hop.name ? { servername: hop.name } : {}), ...(ca ? { ca } : {}) },
       connectionTimeout: options.connectionTimeoutMs ?? 30_000,
       greetingTimeout: 30_000,
       socketTimeout: 300_000,
       logger: false,
     });
-    const slot: Slot = { connection, dsn: false, messages: 0, alive: true, idleTimer: null };
+    const slot: Slot = { connection, dsn: false, tls: NOT_OFFERED, messages: 0, alive: true, idleTimer: null };
     // Errors also reach the callback of what is in flight; this keeps late ones from throwing.
     connection.on('error', () => {
       slot.alive = false;
@@ -145,23 +181,43 @@ export function createSmtpClient(options: ClientOptions) {
     });
     return new Promise((resolve, reject) => {
       let settled = false;
-      connection.once('error', (error: SendError) => {
+      const fail = (error: SendError & { code?: string; response?: string }) => {
         if (settled) return;
         settled = true;
+        if (required && error.code === 'ETLS') {
+          const facts = typeof error.response === 'string' && error.command === 'STARTTLS' ? unsecuredFacts({ refused: error.response }) : unsecuredFacts({ error: error.message.replace(/^Error initiating TLS - /, '') });
+          return reject(tlsFailure(tlsRefusal(tls.requirement, facts, hopName) ?? error.message, facts));
+        }
         reject(error);
-      });
+      };
+      connection.once('error', fail);
       connection.connect((error) => {
+        if (error) return fail(error as SendError);
         if (settled) return;
         settled = true;
-        if (error) return reject(error);
+        const last = String(connection.lastServerResponse || '');
+        const socket = (connection as unknown as ConnectionInternals)._socket as TLSSocket;
+        slot.tls = connection.secure
+          ? securedFacts(socket, name)
+          : // In plain text: not offered, or (may) the STARTTLS command refused and the session went on.
+            /^[45]\d\d/.test(last)
+            ? unsecuredFacts({ refused: last })
+            : { ...NOT_OFFERED, offered: false };
+        const refusal = tlsRefusal(tls.requirement, slot.tls, hopName);
+        if (refusal) {
+          // Nothing but EHLO (and STARTTLS) went to this hop; QUIT, over TLS where there is TLS.
+          slot.alive = false;
+          connection.quit();
+          return reject(tlsFailure(refusal, slot.tls));
+        }
         // After EHLO (and STARTTLS), the last reply is the EHLO reply: the extensions it offers.
-        slot.dsn = /^250[ -]DSN\b/im.test(String(connection.lastServerResponse || ''));
+        slot.dsn = /^250[ -]DSN\b/im.test(last);
         resolve(slot);
       });
     });
   }
 
-  async function acquire(key: string, hop: Hop): Promise<{ slot: Slot; reused: boolean }> {
+  async function acquire(key: string, hop: Hop, tls: HopTls, hopName: string): Promise<{ slot: Slot; reused: boolean }> {
     const pool = poolOf(key);
     while (pool.active >= options.maxConnections) await new Promise<void>((resolve) => pool.waiters.push(resolve));
     pool.active += 1;
@@ -170,7 +226,7 @@ export function createSmtpClient(options: ClientOptions) {
       if (slot.alive) return { slot, reused: true };
     }
     try {
-      return { slot: await open(hop), reused: false };
+      return { slot: await open(hop, tls, hopName), reused: false };
     } catch (error) {
       release(key, null);
       throw error;
@@ -244,21 +300,24 @@ export function createSmtpClient(options: ClientOptions) {
   return {
     /**
      * Send one message to the first hop that answers (RFC 5321 5.1: the next one on connection
-     * failure, or a 4xx/5xx greeting). `body` is called again for each hop tried.
+     * failure, a 4xx/5xx greeting, or TLS that does not meet `tls`: RFC 7672 and 8461 move on to
+     * the next MX too). `body` is called again for each hop tried.
      */
-    async send(hops: readonly Hop[], message: OutgoingMessage, body: () => Promise<Readable>): Promise<Attempt> {
+    async send(hops: readonly Hop[], message: OutgoingMessage, body: () => Promise<Readable>, tls: HopTls = { requirement: OPPORTUNISTIC }): Promise<Attempt> {
       let last: Attempt | null = null;
       for (const hop of hops) {
-        const key = formatTarget(hop);
-        const target = hop.name ? `${hop.name}[${hop.host}]:${hop.port}` : key;
+        // Connections are reused only under the same TLS requirement (they were checked against it).
+        const key = `${formatTarget(hop)} ${hop.name ?? ''} ${JSON.stringify(tls)}`;
+        const target = hop.name ? `${hop.name}[${hop.host}]:${hop.port}` : formatTarget(hop);
         const remoteMta = hop.name ?? hop.host;
         for (let tries = 0; ; tries += 1) {
           let acquired: { slot: Slot; reused: boolean };
           try {
-            acquired = await acquire(key, hop);
+            acquired = await acquire(key, hop, tls, target);
           } catch (error) {
-            // Connection refused or lost, timeout, 4xx/5xx greeting, EHLO refused: the next hop.
-            last = { target, error: error as SendError, remoteMta, dsn: false };
+            // Connection refused or lost, timeout, 4xx/5xx greeting, EHLO refused, TLS refused: the next hop.
+            const failure = error as SendError & { tls?: TlsFacts };
+            last = { target, error: failure, remoteMta, dsn: false, tls: failure.tls ?? null };
             break;
           }
           const { slot, reused } = acquired;
@@ -273,7 +332,7 @@ export function createSmtpClient(options: ClientOptions) {
           release(key, slot);
           // A cached connection the hop had closed meanwhile: once more, on a new connection.
           if (reused && sent.untouched && tries === 0) continue;
-          return { target, ...sent.outcome, remoteMta, dsn: slot.dsn };
+          return { target, ...sent.outcome, remoteMta, dsn: slot.dsn, tls: slot.tls };
         }
       }
       return last ?? { target: '', error: { message: 'no next hop' }, remoteMta: null, dsn: false };

@@ -1,4 +1,5 @@
 import type { Broker, PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
+import type { TlsStatus } from '@backupmx/shared/rules/next-hop-tls.ts';
 
 export interface PrimaryState {
   state: PrimaryEvent['state'];
@@ -6,6 +7,8 @@ export interface PrimaryState {
   since: number;
   lastError: string | null;
   latencyMs: number | null;
+  /** STARTTLS offered, certificate verified, pins, as the health probe saw them (null: not known yet). */
+  tls: TlsStatus | null;
   /** Epoch ms of the last event about this target we received. */
   updatedAt: number;
 }
@@ -24,7 +27,9 @@ export interface Transition {
  */
 export function applyPrimaryEvent(states: Map<string, PrimaryState>, event: PrimaryEvent, now: number): Transition | null {
   const previous = states.get(event.target);
-  states.set(event.target, { state: event.state, since: event.since, lastError: event.lastError ?? null, latencyMs: event.latencyMs ?? null, updatedAt: now });
+  // The TLS facts of the last probe that got that far stay until a newer probe brings others.
+  const tls = event.tls !== undefined ? event.tls : (previous?.tls ?? null);
+  states.set(event.target, { state: event.state, since: event.since, lastError: event.lastError ?? null, latencyMs: event.latencyMs ?? null, tls, updatedAt: now });
   const from = previous?.state ?? 'unknown';
   if (from === event.state || event.state === 'unknown') return null;
   return { target: event.target, from, to: event.state, at: now, lastError: event.lastError ?? null };

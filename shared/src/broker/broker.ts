@@ -1,3 +1,4 @@
+import type { TlsStatus } from '../rules/next-hop-tls.ts';
 import type { Envelope, ReceivedMail } from '../types.ts';
 
 /** RabbitMQ names, in one place. */
@@ -20,6 +21,8 @@ export interface PrimaryEvent {
   since: number;
   lastError?: string | null;
   latencyMs?: number | null;
+  /** What the last probe that reached EHLO saw of the target's STARTTLS and certificate. */
+  tls?: TlsStatus | null;
 }
 export interface SpooledEvent {
   id: string;

@@ -28,7 +28,7 @@ export function smtpReplyReader(socket: Socket) {
     waiting = null;
   };
   socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => {
+  const onData = (chunk: string) => {
     buffer += chunk;
     let newline: number;
     while ((newline = buffer.indexOf('\n')) !== -1) {
@@ -46,10 +46,19 @@ export function smtpReplyReader(socket: Socket) {
       } else ready.push(reply);
     }
     if (buffer.length + lines.join('').length > MAX_REPLY_BYTES) fail(new Error(`reply longer than ${MAX_REPLY_BYTES} bytes`));
-  });
-  socket.on('error', (error) => fail(error));
-  socket.on('close', () => fail(new Error('connection closed by peer')));
+  };
+  const onError = (error: Error) => fail(error);
+  const onClose = () => fail(new Error('connection closed by peer'));
+  socket.on('data', onData);
+  socket.on('error', onError);
+  socket.on('close', onClose);
   return {
+    /** Stop reading `socket` (it is handed to TLS after STARTTLS); its errors are then the new owner's to handle. */
+    detach(): void {
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    },
     next(): Promise<SmtpReplyLines> {
       const reply = ready.shift();
       if (reply) return Promise.resolve(reply);

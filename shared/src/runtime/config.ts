@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
@@ -5,6 +6,8 @@ import { z } from 'zod';
 import { parseDuration } from '../rules/duration.ts';
 import { normalizeDomain } from '../rules/address.ts';
 import { parseCidr, type Cidr } from '../rules/ip.ts';
+import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
+import { pemCertificates } from '../mail/peer-tls.ts';
 import { parsePasswordHash } from '../rules/password-hash.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
@@ -86,6 +89,33 @@ const readableFile = z
     { error: (issue) => `cannot read file ${JSON.stringify(issue.input)}` },
   );
 
+// TLS to the next hop (issue 12): PRIMARY_TLS, PRIMARY_TLS_CA, PRIMARY_TLS_PIN, globally and per domain.
+const tlsLevel = z.preprocess((value) => (typeof value === 'string' ? value.trim().toLowerCase() : value), z.enum(TLS_LEVELS, { error: 'expected may, encrypt or verify' }));
+
+/** A PEM file of CA certificates: readable, and every certificate in it parses. */
+const caFile = readableFile.superRefine((path, ctx) => {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return; // already reported: cannot read file
+  }
+  const pems = pemCertificates(text);
+  if (pems.length === 0) return void ctx.addIssue({ code: 'custom', message: `${path} holds no PEM certificate` });
+  pems.forEach((pem, index) => {
+    try {
+      new X509Certificate(pem);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: `certificate ${index + 1} in ${path} does not parse (${(error as Error).message})` });
+    }
+  });
+});
+
+const tlsPins = z.preprocess(
+  list,
+  z.array(z.string().refine((pin) => parsePin(pin) !== null, { error: (issue) => `expected pin-sha256:<base64 SHA-256 of the public key> or cert-sha256:<hex SHA-256 of the certificate>, got ${JSON.stringify(issue.input)}` })),
+);
+
 /** A valid recipient: `user@domain` or `@domain` (every address of the domain), lower-cased. */
 const recipientEntry = z
   .string()
@@ -131,6 +161,10 @@ const domainSettings = z
     VERIFY_RECIPIENTS: boolean.optional(),
     /** Recipient not in the callout cache while the primary is down: accept, or defer (450 4.2.0). */
     VERIFY_WHEN_DOWN: z.enum(['accept', 'defer'], { error: 'expected accept or defer' }).optional(),
+    /** TLS to this domain's primary: may, encrypt, verify (instead of PRIMARY_TLS). */
+    PRIMARY_TLS: tlsLevel.optional(),
+    PRIMARY_TLS_CA: caFile.optional(),
+    PRIMARY_TLS_PIN: tlsPins.optional(),
   })
   .superRefine((settings, ctx) => {
     if (settings.VERIFY_RECIPIENTS && (settings.RECIPIENTS || settings.RECIPIENTS_FILE)) {
@@ -235,6 +269,15 @@ export const configSchema = z.strictObject({
   RECORD_RETENTION: duration.default(7 * 86_400_000),
   /** How often the spool looks for expired mail, due delay notices and records to purge. */
   SWEEP_INTERVAL: duration.default(60_000),
+  // TLS to the next hop (issue 12).
+  /** may: STARTTLS when offered (unchecked); encrypt: required; verify: and the certificate authenticated. */
+  PRIMARY_TLS: tlsLevel.default('may'),
+  /** CA certificates (PEM) that primaries' certificates must chain to under verify, instead of the system's. */
+  PRIMARY_TLS_CA: caFile.optional(),
+  /** The primary's certificate must carry one of these pins (pin-sha256:..., cert-sha256:...). */
+  PRIMARY_TLS_PIN: tlsPins.default([]),
+  /** Apply MTA-STS (RFC 8461) policies on MX routes. */
+  MTA_STS: boolean.default(true),
   // Web console and admin API walls (issue 10).
   /** false: no web console at / (the admin API stays). */
   CONSOLE: boolean.default(true),
@@ -244,6 +287,14 @@ export const configSchema = z.strictObject({
   CONSOLE_SESSION_LIFETIME: duration.default(8 * 3_600_000),
   domains: z.record(domainName, domainSettings).default({}),
 }).superRefine((config, ctx) => {
+  // Pins ask for TLS: under may (which goes on without it) they would be ignored.
+  if (config.PRIMARY_TLS_PIN.length && config.PRIMARY_TLS === 'may') ctx.addIssue({ code: 'custom', path: ['PRIMARY_TLS_PIN'], message: 'needs PRIMARY_TLS encrypt or verify (may goes on without TLS)' });
+  for (const [domain, settings] of Object.entries(config.domains)) {
+    const pins = settings.PRIMARY_TLS_PIN ?? config.PRIMARY_TLS_PIN;
+    if (pins.length && (settings.PRIMARY_TLS ?? config.PRIMARY_TLS) === 'may' && (settings.PRIMARY_TLS !== undefined || settings.PRIMARY_TLS_PIN !== undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['domains', domain, settings.PRIMARY_TLS_PIN ? 'PRIMARY_TLS_PIN' : 'PRIMARY_TLS'], message: 'PRIMARY_TLS_PIN needs PRIMARY_TLS encrypt or verify (may goes on without TLS)' });
+    }
+  }
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
   for (const [domain, settings] of Object.entries(config.domains)) {

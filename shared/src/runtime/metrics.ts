@@ -53,6 +53,18 @@ export const probeDuration = new client.Histogram({
   buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
 });
 
+export const primaryTlsOffered = new client.Gauge({ name: 'backupmx_primary_tls_offered', help: 'The primary target offers STARTTLS: 1 yes, 0 no (absent until a probe reached EHLO).', labelNames: ['target'] as const });
+export const primaryTlsVerified = new client.Gauge({
+  name: 'backupmx_primary_tls_verified',
+  help: 'The primary target completes STARTTLS with a certificate that chains to its trust anchors (PRIMARY_TLS_CA or the system CAs) and names it: 1 yes, 0 no.',
+  labelNames: ['target'] as const,
+});
+export const primaryTlsExpiry = new client.Gauge({
+  name: 'backupmx_primary_tls_cert_expiry_timestamp_seconds',
+  help: 'When the primary target\'s certificate expires (Unix time); absent without a TLS session.',
+  labelNames: ['target'] as const,
+});
+
 // every service
 export const brokerReconnects = new client.Counter({ name: 'backupmx_broker_reconnects_total', help: 'Connections to RabbitMQ re-established after a loss.' });
 export const storeReconnects = new client.Counter({ name: 'backupmx_store_reconnects_total', help: 'Connections to the store re-established after a loss.' });
