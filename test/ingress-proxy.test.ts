@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import type { Store } from '../shared/src/store/store.ts';
-import { makeCertificate } from './support/certificate.ts';
+import { selfSigned } from './support/certificates.ts';
 import { haproxyVersion, startHaproxy, v2Header } from './support/haproxy.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { sendMessages, type Sent } from './support/mail.ts';
@@ -75,7 +75,7 @@ describe(`behind HAProxy ${VERSION}: two ingress processes, PROXY protocol v1 an
   let stored = 0;
 
   before(async () => {
-    const tls = makeCertificate(dir.path, 'ingress', 'mx.example.test');
+    const tls = selfSigned(dir.path, 'ingress', ['mx.example.test']);
     const base = {
       RELAY_DOMAINS: 'example.test',
       PRIMARY: '127.0.0.1:1',

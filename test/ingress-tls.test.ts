@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect as connectTls, type TLSSocket } from 'node:tls';
 import nodemailer from 'nodemailer';
-import { makeCertificate } from './support/certificate.ts';
+import { selfSigned } from './support/certificates.ts';
 import { startIngressWithSpool } from './support/in-process.ts';
 import { openSession, smtpReplies } from './support/smtp-session.ts';
 import { tempDir, waitFor } from './support/util.ts';
@@ -33,7 +33,7 @@ describe('ingress: STARTTLS', () => {
   const resolver = async () => Promise.reject(Object.assign(new Error('not found'), { code: 'ENOTFOUND' }));
   before(async () => {
     dir = tempDir();
-    files = makeCertificate(dir.path, 'live', 'first.example.test');
+    files = selfSigned(dir.path, 'live', ['first.example.test']);
     system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test', GREETING_DELAY: '0', TLS_CERT: files.cert, TLS_KEY: files.key }, { ingress: { resolver, tlsWatchIntervalMs: 100 } });
   });
   after(async () => {
@@ -78,7 +78,7 @@ describe('ingress: STARTTLS', () => {
     assert.match(await session.command('EHLO client.origin.test'), /^250 /);
 
     // Replace both files the way certbot or a secret mount does: write aside, rename into place.
-    const next = makeCertificate(dir.path, 'next', 'second.example.test');
+    const next = selfSigned(dir.path, 'next', ['second.example.test']);
     renameSync(next.key, files.key);
     renameSync(next.cert, files.cert);
     await waitFor('new sessions to get the new certificate', async () => {
@@ -100,7 +100,7 @@ describe('ingress: STARTTLS', () => {
     const before = await startTls(system.port);
     const current = before.getPeerCertificate().subject.CN;
     before.destroy();
-    const other = makeCertificate(dir.path, 'other', 'third.example.test');
+    const other = selfSigned(dir.path, 'other', ['third.example.test']);
     writeFileSync(files.cert, readFileSync(other.cert)); // the key stays the old one: a mismatch
     await new Promise((resolve) => setTimeout(resolve, 500));
     const probe = await startTls(system.port);
