@@ -30,8 +30,8 @@ export function makeMessage(index: number, to: string): string {
 }
 
 /** Send `count` messages through a real SMTP client with `concurrency` connections. */
-export async function sendMessages(port: number, count: number, options: { concurrency?: number; start?: number; to?: (index: number) => string[] } = {}): Promise<Sent[]> {
-  const transport = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, pool: true, maxConnections: options.concurrency ?? 5, maxMessages: Infinity });
+export async function sendMessages(port: number, count: number, options: { concurrency?: number; start?: number; to?: (index: number) => string[]; localAddress?: string } = {}): Promise<Sent[]> {
+  const transport = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, pool: true, maxConnections: options.concurrency ?? 5, maxMessages: Infinity, ...(options.localAddress ? { localAddress: options.localAddress } : {}) });
   const start = options.start ?? 0;
   try {
     return await Promise.all(

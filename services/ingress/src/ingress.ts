@@ -1,11 +1,13 @@
 import type { Broker, PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
 import { listenError, type Config } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { proxyHeaders, proxyRefusals } from '@backupmx/shared/runtime/metrics.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
 import { callout } from './callout.ts';
 import { createClientLimits } from './client-limits.ts';
 import { cachingResolver, systemResolver, withTimeout, type Resolver } from './dns.ts';
 import { createPrimaryState } from './primary-state.ts';
+import { trustedPeers, type ProxyProtocolOptions } from './proxy-protocol.ts';
 import { createRecipientValidation, usesVerify } from './recipient-validation.ts';
 import { createVerifier } from './recipient-verifier.ts';
 import { createSmtpListener } from './smtp-listener.ts';
@@ -29,6 +31,25 @@ export interface IngressOptions {
   resolver?: Resolver;
   /** How often the TLS files are checked for changes. */
   tlsWatchIntervalMs?: number;
+}
+
+/** PROXY_FROM: trusted balancers, with every header and every refusal counted and refusals logged. */
+function balancers(config: Config, log: Logger): ProxyProtocolOptions {
+  return {
+    trusted: trustedPeers(config.PROXY_FROM),
+    timeoutMs: config.PROXY_TIMEOUT,
+    accepted(balancer, header) {
+      proxyHeaders.inc({ version: String(header.version), command: header.command });
+      log.debug({ balancer, client: header.source?.address ?? balancer, version: header.version, command: header.command }, 'PROXY header');
+    },
+    refused(balancer, reason, text) {
+      proxyRefusals.inc({ reason });
+      const detail = text.startsWith('not a PROXY') ? `${text}: PROXY_FROM trusts ${balancer}, so it must send one (HAProxy: send-proxy or send-proxy-v2)` : text;
+      // A connection closed before its first byte is what a balancer's plain TCP health check does.
+      if (reason === 'empty') log.debug({ balancer, reason, detail }, 'connection from balancer closed: no PROXY header');
+      else log.warn({ balancer, reason, detail }, 'connection refused: no valid PROXY header');
+    },
+  };
 }
 
 /** How long DNS answers of the system resolver are reused (sender authentication, DNSBLs). */
@@ -69,21 +90,39 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     limits,
     resolver: withTimeout(options.resolver ?? cachingResolver(systemResolver(config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }), config.DNS_TIMEOUT),
     tls,
+    proxy: config.PROXY_FROM.length ? balancers(config, log) : null,
   });
   observeSmtp(server); // metrics: connections, accepted, refusals by reply
   const watcher =
     config.TLS_CERT && config.TLS_KEY
       ? watchTlsFiles(config.TLS_CERT, config.TLS_KEY, log, (files) => server.updateSecureContext({ ...files, minVersion: MIN_TLS_VERSION }), options.tlsWatchIntervalMs)
       : null;
-  await new Promise<void>((resolve, reject) => {
-    const failed = (error: NodeJS.ErrnoException) => reject(listenError('SMTP_PORT', config.SMTP_HOST, config.SMTP_PORT, error));
-    server.server.once('error', failed);
-    server.listen(config.SMTP_PORT, config.SMTP_HOST, () => {
-      server.server.off('error', failed);
-      log.info({ address: server.server.address(), starttls: Boolean(tls) }, 'smtp listening');
-      resolve();
+  const listen = (host: string) =>
+    new Promise<void>((resolve, reject) => {
+      const failed = (error: NodeJS.ErrnoException) => {
+        server.server.off('listening', listening);
+        reject(error);
+      };
+      const listening = () => {
+        server.server.off('error', failed);
+        resolve();
+      };
+      server.server.once('error', failed);
+      // ipv6Only false: dual-stack on `::` whatever the host's net.ipv6.bindv6only says.
+      server.server.listen({ port: config.SMTP_PORT, host, ipv6Only: false }, listening);
     });
-  });
+  try {
+    await listen(config.SMTP_HOST);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    // `::` on a host (or container) without IPv6: listen on IPv4, as before, and say so.
+    if (config.SMTP_HOST !== '::' || (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL')) throw listenError('SMTP_PORT', config.SMTP_HOST, config.SMTP_PORT, error as NodeJS.ErrnoException);
+    log.warn({ err: error }, 'no IPv6 on this host: SMTP listens on IPv4 only');
+    await listen('0.0.0.0').catch((fallback: NodeJS.ErrnoException) => {
+      throw listenError('SMTP_PORT', '0.0.0.0', config.SMTP_PORT, fallback);
+    });
+  }
+  log.info({ address: server.server.address(), starttls: Boolean(tls), proxyFrom: config.PROXY_FROM.length > 0 }, 'smtp listening');
   return {
     listening: () => server.server.listening,
     connections: () => server.connections.size,

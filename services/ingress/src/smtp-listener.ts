@@ -1,4 +1,6 @@
 import './smtp-server-patches.ts';
+import './proxy-protocol.ts';
+import type { ProxyProtocolOptions } from './proxy-protocol.ts';
 import { Buffer } from 'node:buffer';
 import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
@@ -34,6 +36,8 @@ export interface ListenerDeps {
   resolver: Resolver;
   /** STARTTLS certificate and key; null: no STARTTLS. */
   tls: TlsFiles | null;
+  /** PROXY protocol from the balancers in PROXY_FROM; null: none trusted. */
+  proxy: ProxyProtocolOptions | null;
 }
 
 /** What we keep per SMTP session (smtp-server keeps one session object per connection). */
@@ -80,8 +84,8 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     maxCommandLength: config.MAX_COMMAND_LENGTH,
     closeTimeout: 20_000,
     logger: false,
-    // Read by smtp-server-patches.ts.
-    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS } as object),
+    // Read by smtp-server-patches.ts (and proxyProtocol by proxy-protocol.ts).
+    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS, ...(deps.proxy ? { proxyProtocol: deps.proxy } : {}) } as object),
 
     onConnect(session, callback) {
       const client = session.remoteAddress;
@@ -224,7 +228,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       ...(session.envelope.bodyType === '8bitmime' ? { body8bit: true } : {}),
       ...dsnParams(session as unknown as DsnSession), // issue 4: RET, ENVID, NOTIFY, ORCPT
     };
-    return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length } }, async (span) => {
+    return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length, 'client.address': session.remoteAddress } }, async (span) => {
       const carrier: Record<string, string> = {};
       propagation.inject(context.active(), carrier);
       try {

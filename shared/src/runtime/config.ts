@@ -5,6 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from '../rules/duration.ts';
 import { normalizeDomain } from '../rules/address.ts';
+import { parseCidr, type Cidr } from '../rules/ip.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
 import { pemCertificates } from '../mail/peer-tls.ts';
 import { parsePasswordHash } from '../rules/password-hash.ts';
@@ -54,6 +55,21 @@ const targetText = z
 const boolean = z.preprocess(
   (value) => (typeof value === 'string' ? { true: true, yes: true, '1': true, false: false, no: false, '0': false }[value.trim().toLowerCase()] ?? value : value),
   z.boolean({ error: 'expected true or false' }),
+);
+
+/** PROXY_FROM: addresses and CIDR ranges, IPv4 and IPv6, each checked with its own message. */
+const cidrList = z.preprocess(
+  list,
+  z.array(
+    z.string().transform((text, ctx): Cidr => {
+      const range = parseCidr(text);
+      if ('error' in range) {
+        ctx.addIssue({ code: 'custom', message: range.error });
+        return z.NEVER;
+      }
+      return range;
+    }),
+  ),
 );
 
 /** A file the service must be able to read (TLS certificate and key, recipient lists). */
@@ -162,7 +178,8 @@ const domainSettings = z
 export const configSchema = z.strictObject({
   RELAY_DOMAINS: z.preprocess(list, z.array(domainName).min(1, 'list at least one domain')),
   PRIMARY: primaryList('name at least one host[:port], or mx'),
-  SMTP_HOST: z.string().default('0.0.0.0'),
+  /** `::` listens on IPv6 and IPv4 (IPv4 clients as IPv4-mapped addresses); IPv4 only where the host has no IPv6. */
+  SMTP_HOST: z.string().default('::'),
   SMTP_PORT: port.default(2525),
   SMTP_HOSTNAME: z.string().min(1).default(hostname()),
   HTTP_HOST: z.string().default('0.0.0.0'),
@@ -224,6 +241,10 @@ export const configSchema = z.strictObject({
   MAX_HEADER_SIZE: integer(1024, 2 ** 31).default(102_400),
   /** false: answer 421 4.3.2 at connect while the health service says every primary is up. */
   ACCEPT_WHEN_PRIMARY_UP: boolean.default(true),
+  /** Trusted load balancers (addresses, CIDR ranges): their connections must begin with a PROXY header (v1 or v2). */
+  PROXY_FROM: cidrList.default([]),
+  /** How long a trusted balancer has to send its whole PROXY header (Postfix smtpd_upstream_proxy_timeout). */
+  PROXY_TIMEOUT: duration.default(5_000),
   /** PEM certificate (chain) and key for STARTTLS; re-read when they change. */
   TLS_CERT: readableFile.optional(),
   TLS_KEY: readableFile.optional(),
@@ -296,8 +317,9 @@ export class ConfigError extends Error {
 
 /** A listener that cannot start, as a ConfigError naming the setting (`SMTP_PORT: 0.0.0.0:25 is already in use`). */
 export function listenError(key: string, host: string, port: number, error: NodeJS.ErrnoException): Error {
-  if (error.code === 'EADDRINUSE') return new ConfigError(`${key}: ${host}:${port} is already in use`);
-  if (error.code === 'EACCES') return new ConfigError(`${key}: no permission to listen on ${host}:${port} (ports below 1024 need privileges)`);
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  if (error.code === 'EADDRINUSE') return new ConfigError(`${key}: ${where} is already in use`);
+  if (error.code === 'EACCES') return new ConfigError(`${key}: no permission to listen on ${where} (ports below 1024 need privileges)`);
   if (error.code === 'EADDRNOTAVAIL') return new ConfigError(`${key}: ${host} is not an address of this host`);
   return error;
 }

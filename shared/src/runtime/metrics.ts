@@ -18,6 +18,16 @@ export const smtpRejections = new client.Counter({
   help: 'Replies refusing a command, by stage (connect, mail, rcpt, data), reply code and enhanced status code (the reason).',
   labelNames: ['stage', 'code', 'status'] as const,
 });
+export const proxyHeaders = new client.Counter({
+  name: 'backupmx_proxy_headers_total',
+  help: "PROXY protocol headers read from trusted balancers (PROXY_FROM), by version (1, 2) and command (proxy; local and unknown: the balancer's own connection).",
+  labelNames: ['version', 'command'] as const,
+});
+export const proxyRefusals = new client.Counter({
+  name: 'backupmx_proxy_refused_total',
+  help: 'Connections from trusted balancers closed without a greeting for want of a valid PROXY header, by reason (invalid, timeout, truncated, empty).',
+  labelNames: ['reason'] as const,
+});
 
 // spool
 export const messagesDeadLettered = new client.Counter({ name: 'backupmx_messages_dead_lettered_total', help: 'Messages the spool could not read and sent to the dead-letter queue.' });
