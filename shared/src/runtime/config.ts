@@ -197,6 +197,8 @@ export const configSchema = z.strictObject({
   QUEUE_LIFETIME: duration.default(5 * 86_400_000),
   RETRY_SCHEDULE: durations.default([60_000, 300_000, 900_000, 1_800_000, 3_600_000]),
   PROBE_INTERVAL: duration.default(10_000),
+  /** Probe period while a target is down or not known yet: a primary that comes back is seen within about this (times PROBE_SUCCESSES). */
+  PROBE_INTERVAL_DOWN: duration.default(1_000),
   PROBE_TIMEOUT: duration.default(10_000),
   PROBE_FAILURES: integer(1, 1000).default(3),
   PROBE_SUCCESSES: integer(1, 1000).default(2),
