@@ -7,23 +7,22 @@ import { diskFree, diskLow } from './metrics.ts';
  * drains and recovers by itself (Postfix: queue_minfree, 1.5 x message_size_limit).
  */
 export interface DiskHeadroom {
-  /** Free bytes now (re-read at most once a second); null when the directory cannot be measured. */
+  /** Free bytes now, the store's reusable space included (measured each time); null when the directory cannot be measured. */
   free(): number | null;
   /** True while free space is below the threshold. */
   low(): boolean;
   readonly threshold: number;
 }
 
-export function createDiskHeadroom(dir: string, threshold: number, now: () => number = Date.now): DiskHeadroom {
-  let checkedAt = -Infinity;
-  let free: number | null = null;
+/** `spare`: bytes inside the store's files that it reuses first (Store.spareBytes), counted as free. */
+export function createDiskHeadroom(dir: string, threshold: number, spare: () => number = () => 0): DiskHeadroom {
+  // Measured at every question (a statfs and a PRAGMA: microseconds): at hundreds of messages a
+  // second a cached figure would let the disk fill between two looks.
   const measure = (): number | null => {
-    const at = now();
-    if (at - checkedAt < 1000) return free;
-    checkedAt = at;
+    let free: number | null;
     try {
       const stats = statfsSync(dir);
-      free = stats.bavail * stats.bsize;
+      free = stats.bavail * stats.bsize + spare();
     } catch {
       free = null; // not there (yet): the store reports that itself
     }
