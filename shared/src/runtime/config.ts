@@ -208,8 +208,8 @@ export const configSchema = z.strictObject({
   PUBLISH_TIMEOUT: duration.default(5_000),
   /**
    * Pause before the 220 greeting; a client that talks first gets 421 (pregreet test). smtp-server's
-   * own 100 ms caps a one-message-per-connection sender at 10 msg/s per session (bench: 164 vs 475
-   * msg/s with 20 sessions), so the default is 0, as Postfix's smtpd; postscreen-style detection
+   * own 100 ms caps a one-message-per-connection sender at 10 msg/s per session (`npm run bench --
+   * --greeting-delay 100ms` shows it), so the default is 0, as Postfix's smtpd; postscreen-style detection
    * wants seconds, not 100 ms.
    */
   GREETING_DELAY: z.preprocess(
