@@ -8,6 +8,7 @@ import { normalizeDomain } from '../rules/address.ts';
 import { parseCidr, type Cidr } from '../rules/ip.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
 import { pemCertificates } from '../mail/peer-tls.ts';
+import { tlsPairProblem } from './tls-pair.ts';
 import { parsePasswordHash } from '../rules/password-hash.ts';
 
 /** Next-hop target: `host[:port]`, port 25 by default. */
@@ -297,6 +298,11 @@ export const configSchema = z.strictObject({
   }
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
+  if (config.TLS_CERT && config.TLS_KEY) {
+    // Checked here, not by building a TLS context: Deno's createSecureContext accepts a mismatched pair.
+    const problem = tlsPairProblem(readFileSync(config.TLS_CERT), readFileSync(config.TLS_KEY));
+    if (problem) ctx.addIssue({ code: 'custom', path: [problem.key], message: `${problem.key === 'TLS_CERT' ? config.TLS_CERT : config.TLS_KEY} ${problem.message}` });
+  }
   for (const [domain, settings] of Object.entries(config.domains)) {
     const primary = settings.PRIMARY ?? config.PRIMARY;
     if (settings.VERIFY_RECIPIENTS && primary.length === 1 && primary[0]?.toLowerCase() === 'mx') {
