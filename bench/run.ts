@@ -2,9 +2,11 @@
  * `npm run bench`: MESSAGES messages of SIZE body bytes from SESSIONS concurrent SMTP sessions into
  * ingress while the primary is down (accept phase), then the time until a primary that accepts
  * everything has them all (flush phase). Runs the single process (src/main.ts, in-process broker,
- * SQLite) and/or the four services over RabbitMQ (private vhost, one shared SQLite DATA_DIR).
- * Prints numbers; it is not a test. Load: Postfix's smtp-source / smtp-sink when installed,
- * otherwise bench/fallback.ts (nodemailer / smtp-server).
+ * SQLite) and/or the four services over RabbitMQ (private vhost, one shared SQLite DATA_DIR), and
+ * in the same run Postfix as a backup MX of its own (bench/postfix.ts; flushed with `postqueue -f`
+ * the moment the primary listens), so that the ratios compare like with like on a noisy machine.
+ * `--rounds N` repeats everything and reports the median. Prints numbers; it is not a test.
+ * Load: Postfix's smtp-source / smtp-sink when installed, otherwise bench/fallback.ts.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -20,6 +22,7 @@ import { ROOT, spawnService, waitReady, type Service } from '../test/support/pro
 import { createVhost } from '../test/support/rabbitmq.ts';
 import { freePort, tempDir } from '../test/support/util.ts';
 import { nodeSource } from './fallback.ts';
+import { postfixUnavailable, startPostfix, type PostfixInstance } from './postfix.ts';
 
 const PHASE_MS = 10 * 60_000;
 const FROM = 'a@origin.test';
@@ -31,6 +34,8 @@ const { values: args } = parseArgs({
     sessions: { type: 'string', default: '20' },
     size: { type: 'string', default: '4096' },
     mode: { type: 'string', default: 'both' },
+    rounds: { type: 'string', default: '1' },
+    'without-postfix': { type: 'boolean', default: false },
     'greeting-delay': { type: 'string' },
     reuse: { type: 'boolean', default: false },
     tools: { type: 'string', default: 'auto' },
@@ -40,8 +45,10 @@ const { values: args } = parseArgs({
 });
 
 if (args.help) {
-  console.log(`usage: npm run bench -- [--mode one|rabbit|both] [--messages 5000] [--sessions 20] [--size 4096]
-       [--greeting-delay 100ms] [--reuse] [--tools auto|postfix|node] [--keep]
+  console.log(`usage: npm run bench -- [--mode one|rabbit|both] [--rounds 1] [--messages 5000] [--sessions 20] [--size 4096]
+       [--greeting-delay 100ms] [--reuse] [--tools auto|postfix|node] [--without-postfix] [--keep]
+  --rounds N        run everything N times; the summary gives the median of each figure
+  --without-postfix do not run Postfix as a backup MX alongside (default: it runs when it can)
   --reuse           keep connections open between messages (smtp-source -d); default: one message per connection
   --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
   --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
@@ -60,6 +67,7 @@ function positive(name: string, text: string): number {
 const MESSAGES = positive('messages', args.messages);
 const SESSIONS = positive('sessions', args.sessions);
 const SIZE = positive('size', args.size);
+const ROUNDS = positive('rounds', args.rounds);
 const GREETING_DELAY = args['greeting-delay'];
 if (!['one', 'rabbit', 'both'].includes(args.mode)) {
   console.error(`--mode: expected one, rabbit or both, got ${JSON.stringify(args.mode)}`);
@@ -79,6 +87,8 @@ function findTool(name: string): string | null {
 const SMTP_SOURCE = findTool('smtp-source');
 const SMTP_SINK = findTool('smtp-sink');
 const POSTFIX = args.tools !== 'node' && SMTP_SOURCE !== null && SMTP_SINK !== null;
+/** Why the Postfix backup MX row cannot run (null: it runs). */
+const POSTFIX_MX_MISSING = args['without-postfix'] ? 'left out (--without-postfix)' : postfixUnavailable(findTool);
 if (args.tools === 'postfix' && !POSTFIX) {
   console.error('smtp-source / smtp-sink not found: install the Debian package "postfix" (apt-get install postfix), or use --tools node');
   process.exit(1);
@@ -356,6 +366,115 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
   }
 }
 
+/**
+ * Proportional set size of a process now, in MB, or 0 when it is gone. Postfix runs ~100 small
+ * processes sharing their libraries: summing their RSS would count the shared pages 100 times.
+ */
+function pssMb(pid: number): number {
+  try {
+    const match = /^Pss:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    return match ? Number(match[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The same load through Postfix as a backup MX of its own; flushed with `postqueue -f` once the primary listens. */
+async function runPostfix(): Promise<Result> {
+  const label = 'postfix';
+  const say = (text: string) => console.log(`[${label}] ${text}`);
+  const warnings: string[] = [];
+  const warn = (text: string) => {
+    warnings.push(text);
+    console.log(`[${label}] WARNING: ${text}`);
+  };
+  const dir = tempDir('backupmx-bench-postfix-');
+  chmodSync(dir.path, 0o755);
+  const sinkDir = join(dir.path, 'sink');
+  mkdirSync(sinkDir);
+  chmodSync(sinkDir, 0o777);
+  let postfix: PostfixInstance | null = null;
+  let sink: ChildProcess | null = null;
+  const removeDir = () => (args.keep ? undefined : dir.remove());
+  cleanups.push(removeDir);
+  // Peak of the summed PSS of all of Postfix's processes (master, smtpd, cleanup, qmgr, smtp...), sampled.
+  let peak = 0;
+  let processes = 0;
+  const sampler = setInterval(() => {
+    const pids = postfix?.pids() ?? [];
+    processes = Math.max(processes, pids.length);
+    peak = Math.max(peak, pids.reduce((sum, pid) => sum + pssMb(pid), 0));
+  }, 250);
+  try {
+    const smtpPort = await freePort();
+    const primaryPort = await freePort();
+    postfix = startPostfix(join(dir.path, 'postfix'), smtpPort, primaryPort);
+    const instance = postfix;
+    cleanups.push(() => instance.stop());
+    await waitUntil('Postfix smtpd to listen', 30_000, 20, () => canConnect(smtpPort));
+    say(`started postfix -c ${join(dir.path, 'postfix', 'etc')} (master pid ${instance.pids()[0] ?? '?'}); smtpd on 127.0.0.1:${smtpPort}, primary 127.0.0.1:${primaryPort} (down)`);
+
+    say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const acceptStart = performance.now();
+    const source = await runSource(smtpPort);
+    const acceptMs = performance.now() - acceptStart;
+    for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
+    const lagStart = performance.now();
+    let accepted = source.accepted ?? 0;
+    if (source.accepted === null) {
+      await sleep(5_000);
+      accepted = instance.queued();
+      warn(`the load generator stopped on an error; the queue holds ${accepted} messages`);
+    }
+    // Every message tried once against the down primary and deferred, as ours are queued.
+    await waitUntil(`Postfix to defer ${accepted} messages`, PHASE_MS, 50, () => instance.queued() >= accepted && instance.active() === 0);
+    const spoolLagMs = performance.now() - lagStart;
+    if (accepted !== MESSAGES) warn(`only ${accepted} of ${MESSAGES} messages were accepted`);
+    say(`accept: ${accepted} in ${seconds(acceptMs)} s = ${rate(accepted, acceptMs)} msg/s; all deferred ${seconds(spoolLagMs)} s later`);
+
+    sink = startSink(primaryPort, sinkDir);
+    const sinkChild = sink;
+    cleanups.push(() => sinkChild.kill('SIGKILL'));
+    await waitUntil('the primary (sink) to listen', 10_000, 2, async () => {
+      if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
+      return canConnect(primaryPort);
+    });
+    const flushStart = performance.now();
+    instance.flush();
+    let firstMs: number | null = null;
+    let flushMs = 0;
+    try {
+      await waitUntil(`the primary to hold ${accepted} messages`, PHASE_MS, 20, () => {
+        const n = countFiles(sinkDir);
+        if (n > 0 && firstMs === null) firstMs = performance.now() - flushStart;
+        return n >= accepted;
+      });
+      flushMs = performance.now() - flushStart;
+    } catch (error) {
+      flushMs = performance.now() - flushStart;
+      warn((error as Error).message);
+    }
+    try {
+      await waitUntil('the Postfix queue to empty', 60_000, 100, () => instance.queued() === 0);
+    } catch (error) {
+      warn((error as Error).message);
+    }
+    await sleep(500);
+    const delivered = countFiles(sinkDir);
+    if (delivered < accepted) warn(`the primary got ${delivered} of ${accepted} accepted messages`);
+    if (delivered > accepted) warn(`the primary got ${delivered} messages for ${accepted} accepted (${delivered - accepted} duplicates)`);
+    say(`flush: ${delivered} in ${seconds(flushMs)} s = ${rate(Math.min(delivered, accepted), flushMs)} msg/s (first message after ${firstMs === null ? '-' : seconds(firstMs)} s)`);
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
+  } finally {
+    clearInterval(sampler);
+    postfix?.stop();
+    if (sink) await stopChild(sink);
+    if (args.keep) say(`kept ${dir.path} (maillog in ${join(dir.path, 'postfix', 'maillog')})`);
+    else removeDir();
+    cleanups.length = 0;
+  }
+}
+
 // ---- main -------------------------------------------------------------------------------------
 
 const nodeVersion = process.version;
@@ -375,51 +494,74 @@ console.log(
   `settings: RELAY_DOMAINS=example.test PROBE_INTERVAL=1s PROBE_TIMEOUT=2s LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}; other settings default; SQLite under a temp DATA_DIR`,
 );
 
-const results: Result[] = [];
+if (POSTFIX_MX_MISSING) console.log(`postfix: not run: ${POSTFIX_MX_MISSING}; our figures alone`);
+else console.log('postfix: a backup MX of its own (bench/postfix.ts: postfix -c DIR, Postfix defaults, relay_domains=example.test), flushed with postqueue -f when the primary listens');
+
+type Row = 'postfix' | 'one-process' | 'rabbitmq';
+const ROWS: Row[] = [...(POSTFIX_MX_MISSING ? [] : (['postfix'] as const)), ...MODES.map((m) => (m === 'one' ? 'one-process' : 'rabbitmq') as Row)];
+const results = new Map<Row, Result[]>(ROWS.map((row) => [row, []]));
 let failed = false;
-for (const mode of MODES) {
-  try {
-    results.push(await runMode(mode));
-  } catch (error) {
-    failed = true;
-    console.log(`[${mode === 'one' ? 'one-process' : 'rabbitmq'}] FAILED: ${(error as Error).message}`);
+for (let round = 1; round <= ROUNDS; round++) {
+  if (ROUNDS > 1) console.log(`\n== round ${round} of ${ROUNDS}`);
+  for (const row of ROWS) {
+    try {
+      results.get(row)?.push(row === 'postfix' ? await runPostfix() : await runMode(row === 'one-process' ? 'one' : 'rabbit'));
+    } catch (error) {
+      failed = true;
+      console.log(`[${row}] FAILED: ${(error as Error).message}`);
+    }
   }
 }
 
-if (results.length > 0) {
-  const rows = [
-    ['mode', 'accepted', 'accept s', 'accept msg/s', 'spool lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'peak RSS MB'],
-    ...results.map((r) => [
-      r.mode,
-      String(r.accepted),
-      seconds(r.acceptMs),
-      String(rate(r.accepted, r.acceptMs)),
-      seconds(r.spoolLagMs),
-      String(r.delivered),
-      seconds(r.flushMs),
-      String(rate(Math.min(r.delivered, r.accepted), r.flushMs)),
-      r.firstMs === null ? '-' : seconds(r.firstMs),
-      rssText(r),
-    ]),
-  ];
+const acceptRate = (r: Result) => rate(r.accepted, r.acceptMs);
+const flushRate = (r: Result) => rate(Math.min(r.delivered, r.accepted), r.flushMs);
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
+}
+function table(rows: string[][]): void {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
-  console.log('');
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
-  console.log('');
-  for (const r of results) {
-    console.log(
-      `${r.mode}: accept ${r.accepted} in ${seconds(r.acceptMs)} s = ${rate(r.accepted, r.acceptMs)} msg/s; flush ${r.delivered} in ${seconds(r.flushMs)} s = ${rate(Math.min(r.delivered, r.accepted), r.flushMs)} msg/s; peak RSS ${rssText(r)}` +
-        ` (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion})`,
-    );
-  }
-  for (const r of results) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
 }
 
+const all = [...results.values()].flat();
+if (all.length > 0) {
+  console.log('\nevery run:');
+  table([
+    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'peak RSS MiB'],
+    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), rssText(r)]),
+  ]);
+  const medians = ROWS.filter((row) => (results.get(row)?.length ?? 0) > 0).map((row) => {
+    const runs = results.get(row) ?? [];
+    const rss = (runs[0]?.rss ?? []).map((p, i) => ({ name: p.name, mb: median(runs.map((r) => r.rss[i]?.mb ?? 0)) }));
+    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
+  });
+  const postfix = medians.find((m) => m.row === 'postfix');
+  const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${(ours / theirs).toFixed(2)}x` : '-');
+  console.log(`\nmedian of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion}):`);
+  table([
+    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'peak RSS MiB (median; highest sum)'],
+    ...medians.map((m) => [
+      m.row,
+      String(Math.round(m.accept)),
+      String(Math.round(m.flush)),
+      seconds(m.first),
+      m.row === 'postfix' ? '1.00x' : ratio(m.accept, postfix?.accept),
+      m.row === 'postfix' ? '1.00x' : ratio(m.flush, postfix?.flush),
+      `${rssText({ rss: m.rss } as Result)}; highest sum ${m.peak}`,
+    ]),
+  ]);
+  if (!postfix) console.log(`(no Postfix row: ${POSTFIX_MX_MISSING ?? 'it failed'}; no ratios)`);
+  for (const r of all) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
+}
+
+function rssSum(r: Result): number {
+  return r.rss.reduce((a, p) => a + (p.mb ?? 0), 0);
+}
 function rssText(r: Result): string {
-  const known = r.rss.filter((p) => p.mb !== null);
-  const sum = known.reduce((a, p) => a + (p.mb ?? 0), 0);
-  if (r.rss.length === 1) return `all=${r.rss[0]?.mb ?? '?'}`;
-  return `${r.rss.map((p) => `${p.name}=${p.mb ?? '?'}`).join(' ')} sum=${sum}`;
+  if (r.rss.length === 1) return `${r.rss[0]?.name ?? 'all'}=${r.rss[0]?.mb ?? '?'}`;
+  return `${r.rss.map((p) => `${p.name}=${p.mb ?? '?'}`).join(' ')} sum=${rssSum(r)}`;
 }
 
-process.exit(failed || results.some((r) => r.warnings.length > 0) ? 1 : 0);
+process.exit(failed || all.some((r) => r.warnings.length > 0) ? 1 : 0);

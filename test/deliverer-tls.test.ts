@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { makeCa, issue, opensslPins, selfSigned, type Certificate } from './support/certificates.ts';
 import { sendAndAttempt, startPeer, startSystem, type Peer, type System } from './support/dsn-peers.ts';
 import { parsePin } from '../shared/src/rules/next-hop-tls.ts';
-import { tempDir } from './support/util.ts';
+import { sendRaw } from './support/reports.ts';
+import { tempDir, waitFor } from './support/util.ts';
 
 /**
  * TLS to the primary (PRIMARY_TLS, PRIMARY_TLS_CA, PRIMARY_TLS_PIN) against real smtp-server
@@ -168,5 +170,80 @@ describe('PRIMARY_TLS_PIN', () => {
       const delivery = await sendAndAttempt(system, 'certificate fingerprint');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
     });
+  });
+});
+
+describe('PRIMARY_TLS=may with STARTTLS refused', () => {
+  /**
+   * A primary that offers STARTTLS and DSN but answers STARTTLS `454 4.7.0` (as Postfix does when its
+   * TLS engine fails): plain SMTP, line by line, recording every command it gets.
+   */
+  async function refusingPrimary() {
+    const commands: string[] = [];
+    const server = createServer((socket) => {
+      let buffer = '';
+      let inData = false;
+      socket.write('220 primary.example.test ESMTP\r\n');
+      socket.on('data', (chunk) => {
+        buffer += chunk.toString('latin1');
+        for (let end = buffer.indexOf('\r\n'); end >= 0; end = buffer.indexOf('\r\n')) {
+          const line = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (inData) {
+            if (line === '.') {
+              inData = false;
+              socket.write('250 2.0.0 Ok: queued\r\n');
+            }
+            continue;
+          }
+          commands.push(line);
+          const verb = line.slice(0, 4).toUpperCase();
+          if (verb === 'EHLO') socket.write('250-primary.example.test\r\n250-STARTTLS\r\n250-DSN\r\n250 8BITMIME\r\n');
+          else if (verb === 'STAR') socket.write('454 4.7.0 TLS not available due to local problem\r\n');
+          else if (verb === 'DATA') {
+            inData = true;
+            socket.write('354 End data with <CR><LF>.<CR><LF>\r\n');
+          } else if (verb === 'QUIT') socket.end('221 2.0.0 Bye\r\n');
+          else socket.write('250 2.1.0 Ok\r\n');
+        }
+      });
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    return { port, commands, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  }
+
+  it('goes on in plain text, passes the DSN parameters on and sends no "relayed" report: the EHLO reply offered DSN', async () => {
+    const primary = await refusingPrimary();
+    const system = await startSystem({ PRIMARY: `127.0.0.1:${primary.port}` });
+    try {
+      const { final, id } = await sendRaw(system.port, {
+        from: 'sender@origin.test',
+        params: 'RET=HDRS ENVID=env-1',
+        rcpts: [{ address: 'a@example.test', params: 'NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.test' }],
+        message: 'From: <sender@origin.test>\r\nSubject: may\r\n\r\nHello.\r\n',
+      });
+      assert.match(final, /^250 /);
+      await waitFor('the delivery', () => primary.commands.some((line) => line === 'DATA'));
+      assert.ok(primary.commands.includes('STARTTLS'), 'STARTTLS was tried');
+      const mail = primary.commands.find((line) => line.startsWith('MAIL FROM:')) ?? '';
+      const rcpt = primary.commands.find((line) => line.startsWith('RCPT TO:')) ?? '';
+      assert.match(mail, /\bRET=HDRS\b/, mail);
+      assert.match(mail, /\bENVID=env-1\b/, mail);
+      assert.match(rcpt, /\bNOTIFY=SUCCESS,FAILURE\b/, rcpt);
+      assert.match(rcpt, /\bORCPT=rfc822;a@example\.test\b/i, rcpt);
+      const delivery = await waitFor('the delivery recorded', async () => {
+        const found = (await system.store.getMessage(id ?? ''))?.deliveries[0];
+        return found?.state === 'delivered' ? found : null;
+      });
+      assert.match(delivery.lastReply ?? '', /^250 /);
+      // The primary offered DSN, so it reports on what it accepted (RFC 3461 5.2); a report from us
+      // would be a second "relayed" notice for NOTIFY=SUCCESS.
+      assert.equal((await system.store.list({ sender: '<>' })).total, 0, 'no report queued');
+    } finally {
+      await system.close();
+      await primary.close();
+    }
   });
 });

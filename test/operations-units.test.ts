@@ -236,7 +236,8 @@ describe('store reconnects', () => {
     const before = sample(await registry.metrics(), 'backupmx_store_reconnects_total') ?? 0;
     let index = 0;
     const stop = followReadiness(() => ({ store: states[Math.min(index++, states.length - 1)] ?? true }), 5);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Until every state has been read (a fixed wait was too short on a loaded machine).
+    while (index < states.length) await new Promise((resolve) => setTimeout(resolve, 5));
     stop();
     assert.equal((sample(await registry.metrics(), 'backupmx_store_reconnects_total') ?? 0) - before, 1);
   });

@@ -65,6 +65,8 @@ export type Attempt = ({ target: string; result: SendResult } | { target: string
 /** Internals of nodemailer's SMTPConnection we rely on (checked at load, covered by tests). */
 interface ConnectionInternals {
   _sendRcpt(recipient: string, callback: unknown): void;
+  /** Reads a reply to EHLO (each time EHLO is sent: again after STARTTLS). */
+  _actionEHLO(reply: string): void;
   /** The socket of the session: the TLS socket once STARTTLS is done. */
   _socket: unknown;
 }
@@ -73,6 +75,10 @@ if (typeof internals._sendRcpt !== 'function') {
   throw new Error('nodemailer SMTPConnection has no _sendRcpt: per-recipient NOTIFY/ORCPT cannot be passed on with this nodemailer version');
 }
 const sendRcpt = internals._sendRcpt;
+if (typeof internals._actionEHLO !== 'function') {
+  throw new Error('nodemailer SMTPConnection has no _actionEHLO: the EHLO reply (DSN support) cannot be read with this nodemailer version');
+}
+const actionEhlo = internals._actionEHLO;
 
 /** The envelope object nodemailer keeps and fills in during a transaction (SMTPConnectionEnvelope). */
 interface TrackedEnvelope {
@@ -95,6 +101,13 @@ interface TrackedEnvelope {
 class RelayConnection extends SMTPConnection {
   envelopeInFlight: TrackedEnvelope | null = null;
   recipientParams = new Map<string, OutgoingRecipient>();
+  /** The latest EHLO reply: after STARTTLS the one over TLS, which alone counts (RFC 3207 4.2). */
+  ehloReply = '';
+
+  _actionEHLO(reply: string): void {
+    this.ehloReply = reply;
+    actionEhlo.call(this, reply);
+  }
 
   _sendRcpt(recipient: string, callback: unknown): void {
     const dsn = this.envelopeInFlight?.dsn;
@@ -210,8 +223,9 @@ export function createSmtpClient(options: ClientOptions) {
           connection.quit();
           return reject(tlsFailure(refusal, slot.tls));
         }
-        // After EHLO (and STARTTLS), the last reply is the EHLO reply: the extensions it offers.
-        slot.dsn = /^250[ -]DSN\b/im.test(last);
+        // The extensions of the last EHLO reply (not `last`: under `may` a refused STARTTLS's reply
+        // comes after it).
+        slot.dsn = /^250[ -]DSN\b/im.test(connection.ehloReply);
         resolve(slot);
       });
     });

@@ -1,5 +1,4 @@
-import { isIPv6 } from 'node:net';
-import { expandIPv6 } from '../../../shared/src/rules/ip.ts';
+import { clientKey } from '@backupmx/shared/rules/ip.ts';
 import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 
 export interface LimitSettings {
@@ -13,16 +12,6 @@ export interface LimitSettings {
 }
 
 const WINDOW_MS = 60_000;
-
-/**
- * The unit limits apply to: an IPv4 address as it is, an IPv6 address by its /64 (one customer
- * usually holds a whole /64, so counting single addresses would limit nothing).
- */
-export function clientKey(address: string): string {
-  const plain = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
-  if (!isIPv6(plain)) return plain;
-  return `${expandIPv6(plain).slice(0, 4).join(':')}::/64`;
-}
 
 interface Window {
   start: number;

@@ -120,3 +120,14 @@ export function inRanges(address: string, ranges: readonly Cidr[]): boolean {
   const own = unmapped(parsed);
   return ranges.some((range) => range.bytes.length === own.length && own.every((byte, index) => ((byte ^ (range.bytes[index] ?? 0)) & prefixMask(range.prefix, index)) === 0));
 }
+
+/**
+ * The unit per-client limits apply to: an IPv4 address as it is (also when IPv4-mapped), an IPv6
+ * address by its /64 (one customer usually holds a whole /64, so counting single addresses would
+ * limit nothing). Anything else (a zone-scoped address, a socket path) is its own unit.
+ */
+export function clientKey(address: string): string {
+  const plain = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
+  if (!parseIPv6(plain)) return plain;
+  return `${expandIPv6(plain).slice(0, 4).join(':')}::/64`;
+}

@@ -8,7 +8,7 @@ import type { Config } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 import { splitAddress } from '@backupmx/shared/rules/address.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
-import { clientKey } from '@backupmx/ingress/src/client-limits.ts';
+import { clientKey } from '@backupmx/shared/rules/ip.ts';
 import { HttpError, QUEUE_ID } from '../admin-api.ts';
 import { isLocalClient, tokenMatches } from '../admin-auth.ts';
 import { ACTIONS, applyAction, matchingIds, type Action } from '../bulk.ts';
