@@ -52,9 +52,17 @@ let modules = 0;
  * with exactly `env` plus PATH; its output goes to LOG_DIR/<name>.log for post-mortems.
  */
 export function spawnService(name: string, entry: keyof typeof ENTRY, env: Record<string, string>, logDir: string): Service {
+  return spawnCommand(name, [process.execPath, join(ROOT, ENTRY[entry])], env, logDir);
+}
+
+/** The Deno binary the `deno` devDependency installs. */
+export const DENO = join(ROOT, 'node_modules', '.bin', 'deno');
+
+/** As spawnService, for any command run from the project's root (`deno task start`). */
+export function spawnCommand(name: string, [command, ...args]: [string, ...string[]], env: Record<string, string>, logDir: string): Service {
   mkdirSync(logDir, { recursive: true });
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
-  const child = spawn(process.execPath, [join(ROOT, ENTRY[entry])], {
+  const child = spawn(command, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
