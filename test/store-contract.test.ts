@@ -5,18 +5,18 @@
 import { describe, it, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { spawn } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { DatabaseSync } from 'node:sqlite';
 import { createLogger } from '../shared/src/runtime/logger.ts';
 import type { Logger } from '../shared/src/runtime/logger.ts';
 import type { QueueStats, Store } from '../shared/src/store/store.ts';
 import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
+import { spawnModule } from './support/processes.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
 interface Backend {
@@ -999,7 +999,7 @@ describe('sqlite store: separate processes', () => {
       }
       await setup.close();
 
-      const moduleUrl = pathToFileURL(join(import.meta.dirname, '..', 'shared', 'src', 'store', 'sqlite-store.ts')).href;
+      const moduleUrl = new URL('../shared/src/store/sqlite-store.ts', import.meta.url).href;
       const worker = `
         const { openSqliteStore } = await import(${JSON.stringify(moduleUrl)});
         const store = await openSqliteStore(${JSON.stringify(path)});
@@ -1023,7 +1023,7 @@ describe('sqlite store: separate processes', () => {
         process.stdout.write(JSON.stringify(got) + '\\n');
       `;
       const children = Array.from({ length: 4 }, () => {
-        const child = spawn(process.execPath, ['--input-type=module', '-e', worker], { stdio: ['pipe', 'pipe', 'pipe'] });
+        const child = spawnModule(worker, dir, { stdio: ['pipe', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
         let out = '';
         let err = '';
         child.stderr.on('data', (c: Buffer) => (err += c.toString()));

@@ -7,7 +7,12 @@
  * - A result resets the opposite counter.
  * - A transition is reported only when the state changes.
  */
-import type { ProbeResult } from '../../../services/health/src/probe.ts';
+import type { TlsFacts } from './next-hop-tls.ts';
+
+/** What one SMTP probe of a target found (services/health/src/probe.ts makes it). */
+export type ProbeResult =
+  | { ok: true; latencyMs: number; greeting: string; tls?: TlsFacts }
+  | { ok: false; latencyMs: number; error: string };
 
 export type TargetStatus = 'unknown' | 'up' | 'down';
 
@@ -72,4 +77,20 @@ export function applyProbe(
     },
     transition,
   };
+}
+
+export interface Intervals {
+  /** While the target is up. */
+  up: number;
+  /** While it is down or unknown: short, so that a primary that returns is declared up within about successes x this. */
+  down: number;
+}
+
+/**
+ * How long to wait before probing the target again. A target that is not up is probed at the
+ * short interval: the PROBE_SUCCESSES consecutive successes that declare it up still apply, so a
+ * primary that flaps is not declared up on one success, only sooner after it really returns.
+ */
+export function nextProbeDelay(state: TargetState, intervals: Intervals): number {
+  return state.state === 'up' ? intervals.up : Math.min(intervals.down, intervals.up);
 }

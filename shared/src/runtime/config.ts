@@ -8,13 +8,11 @@ import { normalizeDomain } from '../rules/address.ts';
 import { parseCidr, type Cidr } from '../rules/ip.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
 import { pemCertificates } from '../mail/peer-tls.ts';
+import { tlsPairProblem } from './tls-pair.ts';
 import { parsePasswordHash } from '../rules/password-hash.ts';
+import { parseTarget } from '../rules/target.ts';
 
-/** Next-hop target: `host[:port]`, port 25 by default. */
-export interface Target {
-  host: string;
-  port: number;
-}
+export { formatTarget, parseTarget, type Target } from '../rules/target.ts';
 
 const list = (value: unknown) =>
   typeof value === 'string' ? value.split(',').map((item) => item.trim()).filter((item) => item !== '') : value;
@@ -201,6 +199,8 @@ export const configSchema = z.strictObject({
   QUEUE_LIFETIME: duration.default(5 * 86_400_000),
   RETRY_SCHEDULE: durations.default([60_000, 300_000, 900_000, 1_800_000, 3_600_000]),
   PROBE_INTERVAL: duration.default(10_000),
+  /** Probe period while a target is down or not known yet: a primary that comes back is seen within about this (times PROBE_SUCCESSES). */
+  PROBE_INTERVAL_DOWN: duration.default(1_000),
   PROBE_TIMEOUT: duration.default(10_000),
   PROBE_FAILURES: integer(1, 1000).default(3),
   PROBE_SUCCESSES: integer(1, 1000).default(2),
@@ -302,6 +302,19 @@ export const configSchema = z.strictObject({
   if (config.MEMORY_BUDGET < config.MAX_MESSAGE_SIZE) ctx.addIssue({ code: 'custom', path: ['MEMORY_BUDGET'], message: `must be at least MAX_MESSAGE_SIZE (${config.MAX_MESSAGE_SIZE}), or no message of the largest size could ever be taken` });
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
+  if (config.TLS_CERT && config.TLS_KEY) {
+    // Checked here, not by building a TLS context: Deno's createSecureContext accepts a mismatched pair.
+    const read = (path: string) => {
+      try {
+        return readFileSync(path);
+      } catch {
+        return null; // already reported: "cannot read file"
+      }
+    };
+    const [cert, key] = [read(config.TLS_CERT), read(config.TLS_KEY)];
+    const problem = cert && key ? tlsPairProblem(cert, key) : null;
+    if (problem) ctx.addIssue({ code: 'custom', path: [problem.key], message: `${problem.key === 'TLS_CERT' ? config.TLS_CERT : config.TLS_KEY} ${problem.message}` });
+  }
   for (const [domain, settings] of Object.entries(config.domains)) {
     const primary = settings.PRIMARY ?? config.PRIMARY;
     if (settings.VERIFY_RECIPIENTS && primary.length === 1 && primary[0]?.toLowerCase() === 'mx') {
@@ -332,19 +345,6 @@ export function listenError(key: string, host: string, port: number, error: Node
   if (error.code === 'EACCES') return new ConfigError(`${key}: no permission to listen on ${where} (ports below 1024 need privileges)`);
   if (error.code === 'EADDRNOTAVAIL') return new ConfigError(`${key}: ${host} is not an address of this host`);
   return error;
-}
-
-export function parseTarget(text: string): Target | null {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(text.trim());
-  if (!match) return null;
-  const host = match[1] ?? match[2] ?? '';
-  const portNumber = match[3] === undefined ? 25 : Number(match[3]);
-  if (host === '' || portNumber < 1 || portNumber > 65535) return null;
-  return { host, port: portNumber };
-}
-
-export function formatTarget(target: Target): string {
-  return `${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}`;
 }
 
 const KEYS = new Set(Object.keys(configSchema.shape));
