@@ -1125,6 +1125,32 @@ describe('sqlite store: file format', () => {
     }
   });
 
+  it('keeps a large body in parts of 1 MiB, reads it back part by part, and removes every part when delivered', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const path = join(dir, 'store.db');
+      const store = await openSqliteStore(path);
+      const body = randomBytes(5 * 1024 * 1024 + 3);
+      await store.put(mail('big', ['a@x.test'], T0, body), via('r1', ['a@x.test']));
+      const file = new DatabaseSync(path);
+      const parts = () => (file.prepare(`SELECT COUNT(*) AS n, MAX(length(part)) AS largest FROM body_parts WHERE message_id = 'big'`).get() as { n: number; largest: number | null });
+      assert.deepEqual({ ...parts() }, { n: 6, largest: 1024 * 1024 }, 'no row holds the whole body');
+      const chunks: Buffer[] = [];
+      for await (const chunk of await store.readBody('big')) chunks.push(chunk as Buffer);
+      assert.ok(chunks.length >= 6 && chunks.every((chunk) => chunk.length <= 1024 * 1024), 'streamed a part at a time');
+      assert.ok(Buffer.concat(chunks).equals(body));
+      const [claimed] = await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 1 });
+      assert.ok(claimed);
+      await store.settle('big', 'w1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 ok' }], T0 + 1);
+      assert.equal(parts().n, 0, 'the parts are gone with the body');
+      await assert.rejects(store.readBody('big'), /big/);
+      file.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('opens its own file again and again (the schema is created once)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
     try {
