@@ -5,6 +5,8 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { join } from 'node:path';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
+import { diskHeadroom } from '@backupmx/shared/runtime/config.ts';
+import { createDiskHeadroom, diskDetail } from '@backupmx/shared/runtime/disk-headroom.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
 import { createMemoryBroker } from '@backupmx/shared/broker/memory-broker.ts';
 import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime/process.ts';
@@ -28,12 +30,15 @@ const deliverer = createDeliverer(config, store, broker, log);
 await deliverer.start();
 const monitor = createMonitor(config, broker, log);
 monitor.start();
-const ingress = await startIngress(config, broker, log, { store });
+// The SQLite store writes under DATA_DIR: keep DISK_HEADROOM free there for the queue's own writes.
+const disk = !config.MONGODB_URL && diskHeadroom(config) > 0 ? createDiskHeadroom(config.DATA_DIR, diskHeadroom(config), () => store.spareBytes?.() ?? 0) : null;
+const ingress = await startIngress(config, broker, log, { store, disk });
 const http = await startHttp({
   host: config.HTTP_HOST,
   port: config.HTTP_PORT,
   log,
-  ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening() }),
+  ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening(), ...(disk ? { disk: !disk.low() } : {}) }),
+  ...(disk ? { detail: () => diskDetail(disk) } : {}),
   routes: (app) => {
     app.get('/status', (_req, res) => void res.json({ targets: monitor.status() }));
     operations.routes(app);

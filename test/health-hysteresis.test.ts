@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyProbe, initialState } from '../shared/src/rules/hysteresis.ts';
+import { applyProbe, initialState, nextProbeDelay } from '../shared/src/rules/hysteresis.ts';
 import type { TargetState, Thresholds } from '../shared/src/rules/hysteresis.ts';
 import type { ProbeResult } from '../services/health/src/probe.ts';
 
@@ -123,5 +123,25 @@ describe('health hysteresis', () => {
     const copy = structuredClone(prev);
     applyProbe(prev, FAIL, T0 + 1, t);
     assert.deepEqual(prev, copy);
+  });
+});
+
+describe('health probe interval', () => {
+  const intervals = { up: 10_000, down: 1_000 };
+  const t = { failures: 3, successes: 2 };
+
+  it('probes at the short interval while unknown or down, and while successes accumulate', () => {
+    assert.equal(nextProbeDelay(initialState(T0), intervals), 1_000);
+    assert.equal(nextProbeDelay(run('fff', t).state, intervals), 1_000);
+    assert.equal(nextProbeDelay(run('fffs', t).state, intervals), 1_000, 'one success after down: still down, still fast');
+  });
+
+  it('probes at PROBE_INTERVAL once up, failures or not', () => {
+    assert.equal(nextProbeDelay(run('ss', t).state, intervals), 10_000);
+    assert.equal(nextProbeDelay(run('ssff', t).state, intervals), 10_000);
+  });
+
+  it('never slower while down than while up', () => {
+    assert.equal(nextProbeDelay(initialState(T0), { up: 500, down: 1_000 }), 500);
   });
 });

@@ -14,11 +14,22 @@ export interface Received {
  */
 export async function startPrimary(options: { host?: string; port?: number; reject?: Record<string, number>; delayMs?: number } = {}) {
   const messages: Received[] = [];
+  /** Every SMTP session in the order they connected, and whether it got to MAIL FROM (health probes do not). */
+  const sessions: Array<{ id: string; mail: boolean }> = [];
   const server = new SMTPServer({
     disabledCommands: ['AUTH', 'STARTTLS'],
     logger: false,
     closeTimeout: 500,
     hideENHANCEDSTATUSCODES: false,
+    onConnect(session, callback) {
+      sessions.push({ id: session.id, mail: false });
+      callback();
+    },
+    onMailFrom(_address, session, callback) {
+      const known = sessions.find((entry) => entry.id === session.id);
+      if (known) known.mail = true;
+      callback();
+    },
     onRcptTo(address, _session, callback) {
       const code = options.reject?.[address.address];
       if (code) return callback(Object.assign(new Error(`${code >= 500 ? '5.1.1' : '4.2.1'} no thanks`), { responseCode: code }));
@@ -45,6 +56,7 @@ export async function startPrimary(options: { host?: string; port?: number; reje
   return {
     port: (server.server.address() as AddressInfo).port,
     messages,
+    sessions,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }

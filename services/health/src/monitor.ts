@@ -6,7 +6,7 @@ import { primaryTlsExpiry, primaryTlsOffered, primaryTlsVerified, primaryTransit
 import { trustAnchors } from '@backupmx/shared/mail/peer-tls.ts';
 import { configuredTargets, mxDomainOf, routeForRecipient } from '@backupmx/shared/rules/routing.ts';
 import { domainRequirement, OPPORTUNISTIC, strictest, tlsStatus, type TlsRequirement, type TlsStatus } from '@backupmx/shared/rules/next-hop-tls.ts';
-import { applyProbe, initialState, type TargetState } from '../../../shared/src/rules/hysteresis.ts';
+import { applyProbe, initialState, nextProbeDelay, type TargetState } from '../../../shared/src/rules/hysteresis.ts';
 import { probeSmtp } from './probe.ts';
 
 /** Seams for tests. */
@@ -28,9 +28,10 @@ function targetRequirements(config: Config): Map<string, TlsRequirement> {
 }
 
 /**
- * Probes every distinct next-hop target every PROBE_INTERVAL (connect, 220, EHLO, STARTTLS when
- * offered, QUIT within PROBE_TIMEOUT); publishes primary.up / primary.down on transitions and
- * primary.status for every target after every round. Each target's certificate is checked against
+ * Probes every distinct next-hop target every PROBE_INTERVAL while it is up, every
+ * PROBE_INTERVAL_DOWN while it is down or unknown (connect, 220, EHLO, STARTTLS when offered, QUIT
+ * within PROBE_TIMEOUT); publishes primary.up / primary.down on transitions and primary.status for
+ * the target after every probe. Each target's certificate is checked against
  * what the domains routed to it configure (PRIMARY_TLS_CA, PRIMARY_TLS_PIN), whatever their
  * PRIMARY_TLS, so an operator sees a certificate that would not verify before requiring it.
  */
@@ -39,8 +40,9 @@ export function createMonitor(config: Config, broker: Broker, log: Logger, optio
   const requirements = targetRequirements(config);
   const tlsStates = new Map<string, TlsStatus>();
   const thresholds = { failures: config.PROBE_FAILURES, successes: config.PROBE_SUCCESSES };
-  let timer: NodeJS.Timeout | null = null;
-  let round: Promise<void> | null = null;
+  const intervals = { up: config.PROBE_INTERVAL, down: config.PROBE_INTERVAL_DOWN };
+  const timers = new Map<string, NodeJS.Timeout>();
+  const rounds = new Map<string, Promise<void>>();
   let stopping = false;
 
   async function probe(target: string): Promise<void> {
@@ -73,18 +75,23 @@ export function createMonitor(config: Config, broker: Broker, log: Logger, optio
     broker.publishEvent('primary.status', event);
   }
 
-  function schedule(delay: number): void {
+  /** Each target on its own clock: PROBE_INTERVAL while up, PROBE_INTERVAL_DOWN while down or unknown. */
+  function schedule(target: string, delay: number): void {
     if (stopping) return;
-    timer = setTimeout(() => {
+    timers.set(target, setTimeout(() => {
       const started = Date.now();
-      round = Promise.all([...states.keys()].map(probe)).then(() => undefined);
-      void round.finally(() => schedule(Math.max(0, config.PROBE_INTERVAL - (Date.now() - started))));
-    }, delay);
+      const running = probe(target).catch((error: unknown) => log.error({ err: error, target }, 'probe failed'));
+      rounds.set(target, running);
+      void running.finally(() => {
+        const state = states.get(target) ?? initialState(Date.now());
+        schedule(target, Math.max(0, nextProbeDelay(state, intervals) - (Date.now() - started)));
+      });
+    }, delay));
   }
 
   return {
     start(): void {
-      schedule(0);
+      for (const target of states.keys()) schedule(target, 0);
     },
     /** Each target's state and the TLS its last probe that reached EHLO saw (null before one did). */
     status(): Record<string, TargetState & { tls: TlsStatus | null }> {
@@ -92,8 +99,8 @@ export function createMonitor(config: Config, broker: Broker, log: Logger, optio
     },
     async stop(): Promise<void> {
       stopping = true;
-      if (timer) clearTimeout(timer);
-      await round;
+      for (const timer of timers.values()) clearTimeout(timer);
+      await Promise.all(rounds.values());
     },
   };
 }

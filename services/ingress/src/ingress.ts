@@ -6,6 +6,8 @@ import type { Store } from '@backupmx/shared/store/store.ts';
 import { callout } from './callout.ts';
 import { createClientLimits } from './client-limits.ts';
 import { cachingResolver, systemResolver, withTimeout, type Resolver } from './dns.ts';
+import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
+import { createMemoryBudget } from './memory-budget.ts';
 import { createPrimaryState } from './primary-state.ts';
 import { trustedPeers, type ProxyProtocolOptions } from './proxy-protocol.ts';
 import { createRecipientValidation, usesVerify } from './recipient-validation.ts';
@@ -20,6 +22,8 @@ export interface Ingress {
   connections(): number;
   /** Sessions counted against the connection limits now, and the distinct clients they come from. */
   counted(): { connections: number; clients: number };
+  /** Message bytes the sessions hold in memory now (counted against MEMORY_BUDGET). */
+  messageBytesHeld(): number;
   /** Stop accepting connections; let sessions in flight finish (up to smtp-server's closeTimeout). */
   stop(): Promise<void>;
 }
@@ -31,6 +35,8 @@ export interface IngressOptions {
   resolver?: Resolver;
   /** How often the TLS files are checked for changes. */
   tlsWatchIntervalMs?: number;
+  /** Free space where the store writes (DATA_DIR), when this process holds the store: below DISK_HEADROOM new mail gets 452 4.3.1. */
+  disk?: DiskHeadroom | null;
 }
 
 /** PROXY_FROM: trusted balancers, with every header and every refusal counted and refusals logged. */
@@ -84,6 +90,7 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     messagesPerMinute: config.MESSAGES_PER_IP_PER_MINUTE,
     recipientsPerMinute: config.RECIPIENTS_PER_IP_PER_MINUTE,
   });
+  const budget = createMemoryBudget(config.MEMORY_BUDGET);
   const server = createSmtpListener(config, broker, log, {
     primaryState,
     recipients: createRecipientValidation(config, verifier, log),
@@ -91,6 +98,8 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     resolver: withTimeout(options.resolver ?? cachingResolver(systemResolver(config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }), config.DNS_TIMEOUT),
     tls,
     proxy: config.PROXY_FROM.length ? balancers(config, log) : null,
+    budget,
+    disk: options.disk ?? null,
   });
   observeSmtp(server); // metrics: connections, accepted, refusals by reply
   const watcher =
@@ -127,6 +136,7 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     listening: () => server.server.listening,
     connections: () => server.connections.size,
     counted: () => limits.counts(),
+    messageBytesHeld: () => budget.held(),
     stop: () => {
       watcher?.stop();
       return new Promise<void>((resolve) => server.close(() => resolve()));

@@ -15,6 +15,8 @@ import { checkMailParams, checkRcptParams, dsnParams, type DsnSession } from '@b
 import type { ClientLimits } from './client-limits.ts';
 import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
+import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
+import type { MemoryBudget } from './memory-budget.ts';
 import { readMessage } from './message-reader.ts';
 import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
@@ -38,7 +40,14 @@ export interface ListenerDeps {
   tls: TlsFiles | null;
   /** PROXY protocol from the balancers in PROXY_FROM; null: none trusted. */
   proxy: ProxyProtocolOptions | null;
+  /** MEMORY_BUDGET: message bytes all sessions may hold at once. */
+  budget: MemoryBudget;
+  /** DISK_HEADROOM of the store's DATA_DIR, where this process writes it; null: not ours to watch. */
+  disk: DiskHeadroom | null;
 }
+
+/** Postfix's answer when it is short of room (queue_minfree, a SIZE that does not fit): the sender retries later. */
+export const INSUFFICIENT_STORAGE: SmtpReply = { code: 452, status: '4.3.1', text: 'Insufficient system storage' };
 
 /** What we keep per SMTP session (smtp-server keeps one session object per connection). */
 interface SessionState {
@@ -121,6 +130,9 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
         Object.assign(session.envelope, { bodyType: '7bit', smtpUtf8: false, requireTLS: false }, session.envelope.dsn ? { dsn: { ret: null, envid: null } } : {});
         return callback(replyError(badDsn));
       }
+      const declared = address.args ? Number(address.args.SIZE ?? 0) || 0 : 0;
+      if (deps.disk?.low()) return refuse(callback, INSUFFICIENT_STORAGE, { client: session.remoteAddress, free: deps.disk.free(), headroom: deps.disk.threshold }, 'sender refused: disk space below DISK_HEADROOM');
+      if (declared > deps.budget.limit - deps.budget.held()) return refuse(callback, INSUFFICIENT_STORAGE, { client: session.remoteAddress, size: declared, held: deps.budget.held() }, 'sender refused: declared SIZE exceeds the free MEMORY_BUDGET');
       callback();
     },
 
@@ -169,13 +181,25 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const id = newQueueId();
-    const read = await readMessage(stream, config.MAX_MESSAGE_SIZE, config.MAX_HEADER_SIZE);
+    const read = await readMessage(stream, config.MAX_MESSAGE_SIZE, config.MAX_HEADER_SIZE, deps.budget);
+    try {
+      return await storeMessage(id, read, session);
+    } finally {
+      deps.budget.release(read.reserved);
+    }
+  }
+
+  async function storeMessage(id: string, read: Awaited<ReturnType<typeof readMessage>>, session: SMTPServerSession): Promise<string> {
     const recipients = session.envelope.rcptTo.map((rcpt) => rcpt.address);
     const mailFrom = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const fields = { queueId: id, client: session.remoteAddress, from: mailFrom, recipients: recipients.length };
     if (read.refused === 'size') {
       log.info({ ...fields }, 'message refused: too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message size exceeds fixed limit of ${config.MAX_MESSAGE_SIZE} bytes` });
+    }
+    if (read.refused === 'memory') {
+      log.warn({ ...fields, held: deps.budget.held(), budget: deps.budget.limit }, 'message refused: MEMORY_BUDGET exhausted');
+      throw replyError(INSUFFICIENT_STORAGE);
     }
     const body = read.body;
     if (body === null) {
@@ -218,6 +242,10 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       date: new Date(),
       tls: tlsSession ? { version: tlsSession.version ?? 'TLS', cipher: tlsSession.name ?? 'unknown' } : null,
     });
+    if (deps.disk?.low()) {
+      log.warn({ ...fields, free: deps.disk.free(), headroom: deps.disk.threshold }, 'message refused: disk space below DISK_HEADROOM');
+      throw replyError(INSUFFICIENT_STORAGE);
+    }
     const raw = Buffer.concat([Buffer.from(header, 'latin1'), Buffer.from(authResults, 'latin1'), body]);
     const envelope = {
       mailFrom,

@@ -73,3 +73,19 @@ export function applyProbe(
     transition,
   };
 }
+
+export interface Intervals {
+  /** While the target is up. */
+  up: number;
+  /** While it is down or unknown: short, so that a primary that returns is declared up within about successes x this. */
+  down: number;
+}
+
+/**
+ * How long to wait before probing the target again. A target that is not up is probed at the
+ * short interval: the PROBE_SUCCESSES consecutive successes that declare it up still apply, so a
+ * primary that flaps is not declared up on one success, only sooner after it really returns.
+ */
+export function nextProbeDelay(state: TargetState, intervals: Intervals): number {
+  return state.state === 'up' ? intervals.up : Math.min(intervals.down, intervals.up);
+}

@@ -193,10 +193,16 @@ export const configSchema = z.strictObject({
   SMARTHOST: targetText.optional(),
   ADMIN_TOKEN: z.string().min(1).optional(),
   MAX_MESSAGE_SIZE: integer(1024, 2 ** 31).default(26_214_400),
+  /** Message bytes held in memory across all SMTP sessions; a DATA that would exceed it: 452 4.3.1. */
+  MEMORY_BUDGET: integer(1024, 2 ** 40).default(104_857_600),
+  /** Refuse new mail (452 4.3.1) while DATA_DIR has less free space; unset: twice MAX_MESSAGE_SIZE; 0: never. */
+  DISK_HEADROOM: integer(0, 2 ** 50).optional(),
   MAX_RECIPIENTS: integer(1, 100_000).default(100),
   QUEUE_LIFETIME: duration.default(5 * 86_400_000),
   RETRY_SCHEDULE: durations.default([60_000, 300_000, 900_000, 1_800_000, 3_600_000]),
   PROBE_INTERVAL: duration.default(10_000),
+  /** Probe period while a target is down or not known yet: a primary that comes back is seen within about this (times PROBE_SUCCESSES). */
+  PROBE_INTERVAL_DOWN: duration.default(1_000),
   PROBE_TIMEOUT: duration.default(10_000),
   PROBE_FAILURES: integer(1, 1000).default(3),
   PROBE_SUCCESSES: integer(1, 1000).default(2),
@@ -295,6 +301,7 @@ export const configSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: ['domains', domain, settings.PRIMARY_TLS_PIN ? 'PRIMARY_TLS_PIN' : 'PRIMARY_TLS'], message: 'PRIMARY_TLS_PIN needs PRIMARY_TLS encrypt or verify (may goes on without TLS)' });
     }
   }
+  if (config.MEMORY_BUDGET < config.MAX_MESSAGE_SIZE) ctx.addIssue({ code: 'custom', path: ['MEMORY_BUDGET'], message: `must be at least MAX_MESSAGE_SIZE (${config.MAX_MESSAGE_SIZE}), or no message of the largest size could ever be taken` });
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
   for (const [domain, settings] of Object.entries(config.domains)) {
@@ -306,6 +313,11 @@ export const configSchema = z.strictObject({
 });
 
 export type Config = z.infer<typeof configSchema>;
+
+/** DISK_HEADROOM in bytes: as set, or twice MAX_MESSAGE_SIZE (room for the queue's own writes and a message in flight). */
+export function diskHeadroom(config: Pick<Config, 'DISK_HEADROOM' | 'MAX_MESSAGE_SIZE'>): number {
+  return config.DISK_HEADROOM ?? 2 * config.MAX_MESSAGE_SIZE;
+}
 
 /** Thrown for a bad configuration; the message is one line naming the key. */
 export class ConfigError extends Error {

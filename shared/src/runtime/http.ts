@@ -16,6 +16,8 @@ export function startHttp(options: {
   port: number;
   log: Logger;
   ready: ReadinessCheck;
+  /** Why a check fails, in words, added to /readyz as `detail` (e.g. disk: refusing new mail ...). */
+  detail?: () => Record<string, string>;
   routes?: (app: Express) => void;
 }): Promise<Server> {
   const app = express();
@@ -26,7 +28,8 @@ export function startHttp(options: {
   app.get('/readyz', (_req, res) => {
     const checks = options.ready();
     const ok = Object.values(checks).every(Boolean);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', checks });
+    const detail = options.detail?.() ?? {};
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', checks, ...(Object.keys(detail).length ? { detail } : {}) });
   });
   app.get('/metrics', async (_req, res) => {
     for (const [check, ok] of Object.entries(options.ready())) readiness.set({ check }, ok ? 1 : 0);

@@ -69,6 +69,12 @@ export const primaryTlsExpiry = new client.Gauge({
 export const brokerReconnects = new client.Counter({ name: 'backupmx_broker_reconnects_total', help: 'Connections to RabbitMQ re-established after a loss.' });
 export const storeReconnects = new client.Counter({ name: 'backupmx_store_reconnects_total', help: 'Connections to the store re-established after a loss.' });
 export const readiness = new client.Gauge({ name: 'backupmx_ready', help: 'What /readyz checks: 1 connected, 0 not.', labelNames: ['check'] as const });
+export const diskFree = new client.Gauge({ name: 'backupmx_disk_free_bytes', help: 'Free space (for this user) on the file system of DATA_DIR.' });
+export const diskLow = new client.Gauge({
+  name: 'backupmx_disk_headroom_low',
+  help: 'Free space in DATA_DIR is below DISK_HEADROOM: new mail is refused (452 4.3.1) while the queue drains. 1 yes, 0 no.',
+});
+export const memoryHeld = new client.Gauge({ name: 'backupmx_smtp_message_bytes_held', help: 'Message bytes SMTP sessions hold in memory now (limit: MEMORY_BUDGET).' });
 export const alertNotifications = new client.Counter({ name: 'backupmx_alert_notifications_total', help: 'Alert webhook notifications, by result (sent, failed after retries).', labelNames: ['result'] as const });
 
 const hooks = new Set<() => unknown>();

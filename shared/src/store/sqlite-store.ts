@@ -473,6 +473,13 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       return open && db.isOpen;
     },
 
+    spareBytes(): number {
+      if (!open || !db.isOpen) return 0;
+      const pages = db.prepare('PRAGMA freelist_count').get() as { freelist_count: number };
+      const size = db.prepare('PRAGMA page_size').get() as { page_size: number };
+      return Number(pages.freelist_count) * Number(size.page_size);
+    },
+
     async close(): Promise<void> {
       if (!open) return;
       open = false;

@@ -144,6 +144,11 @@ export interface Store {
   cachePut(key: string, value: string, expiresAt: number): Promise<void>;
   /** True while the store can take writes. */
   ready(): boolean;
+  /**
+   * Bytes inside the store's own files that new writes reuse before the file system's (SQLite's
+   * free pages, left by delivered mail): DISK_HEADROOM counts them as free. Absent: none.
+   */
+  spareBytes?(): number;
   close(): Promise<void>;
 }
 
