@@ -120,27 +120,45 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     });
   }
 
+  /**
+   * One delivery run for a route: a pipeline, not waves. Up to eight times DELIVERY_CONCURRENCY
+   * attempts are in hand (waiting for one of the route's connections), topped up by one claim when
+   * half have finished, so the connections never sit idle behind the slowest of a batch or behind
+   * the next claim, and a claim (one store transaction that reads the route's backlog in order)
+   * leases many deliveries at once. The run ends when a claim finds nothing more; an unreachable
+   * next hop stops the claiming and what is in hand finishes.
+   */
   async function drain(route: string, flush: boolean): Promise<void> {
     const started = Date.now();
+    const inHand = config.DELIVERY_CONCURRENCY * 8;
+    const running = new Set<Promise<void>>();
     let delivered = 0;
-    for (;;) {
-      if (stopping) return;
-      const claims = await store.claim({
-        route,
-        now: Date.now(),
-        leaseMs: config.DELIVERY_LEASE,
-        owner,
-        limit: config.DELIVERY_CONCURRENCY * 2,
-        ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
-      });
-      if (claims.length === 0) break;
-      const results = await Promise.all(claims.map((claim) => deliver(claim)));
-      delivered += results.filter((result) => result === 'answered').length;
-      if (results.includes('unreachable')) {
-        log.warn({ route }, 'next hop unreachable; stopping this delivery run');
-        break;
+    let unreachable = false;
+    let empty = false;
+    while (!stopping && !unreachable && !empty) {
+      if (running.size <= inHand / 2) {
+        const claims = await store.claim({
+          route,
+          now: Date.now(),
+          leaseMs: config.DELIVERY_LEASE,
+          owner,
+          limit: inHand - running.size,
+          ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
+        });
+        empty = claims.length < inHand - running.size; // the backlog is in hand: this run ends when it is done
+        for (const claim of claims) {
+          const attempt: Promise<void> = deliver(claim).then((result) => {
+            running.delete(attempt);
+            if (result === 'answered') delivered += 1;
+            else unreachable = true;
+          });
+          running.add(attempt);
+        }
       }
+      if (running.size > inHand / 2) await Promise.race(running);
     }
+    await Promise.all(running);
+    if (unreachable) log.warn({ route }, 'next hop unreachable; stopping this delivery run');
     if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
   }
 
