@@ -528,6 +528,55 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.deepEqual(after?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a@x.test delivered', 'b@x.test delivered'], 'the stale settle left no attempt');
     });
 
+    it('renew extends a lease while it is held; the work returns only when renewals stop', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('m2', ['c@x.test'], T0), via('r1', ['c@x.test']));
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 })).length, 3);
+      // Renewed just before the end: nobody may take it at the old end, nor until the new one.
+      const renewed = await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }], T0 + MIN - 1 + MIN);
+      assert.deepEqual(renewed, [{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }]);
+      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + 2 * MIN - 2, ignoreSchedule: true, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      // Renewals stopped (the deliverer was killed): at the renewed end the work returns.
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 2 * MIN - 1, leaseMs: MIN, owner: 'w2#1', limit: 10 })), ['m1 a@x.test', 'm1 b@x.test', 'm2 c@x.test']);
+      assert.equal(await store.nextDue('r1'), T0, 'claiming changed no schedule that was due already');
+    });
+
+    it('a lease that ended and went to another claim, even of the same deliverer, can neither be renewed nor settled', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w1#2', limit: 10 })).length, 1);
+      assert.deepEqual(await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'unknown', owner: 'w1#2' }], T0 + 3 * MIN), [], 'the first claim lost it');
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 ok' }], T0 + MIN + 1);
+      assert.equal((await store.getMessage('m1'))?.deliveries[0]?.state, 'queued', 'the stale attempt settles nothing');
+      // The second claim's lease was not extended by the failed renewal: it ends at T0 + 2 MIN.
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0 + 2 * MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 })).length, 1);
+    });
+
+    it('settled or dropped leases are not renewed', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.put(mail('m2', ['b@x.test'], T0), via('r1', ['b@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'deferred', reply: '451 later', nextAttemptAt: T0 + 10 * MIN }], T0 + 1);
+      assert.equal(await store.retryNow('m2', T0 + 2), 1);
+      assert.deepEqual(await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }], T0 + 5 * MIN), []);
+      assert.deepEqual(await store.renew([], T0 + 5 * MIN), []);
+      assert.equal((await store.getMessage('m1'))?.deliveries[0]?.nextAttemptAt, T0 + 10 * MIN);
+    });
+
+    it('a delivery claimed ahead of its schedule (a flush) whose lease ends unsettled is due at once, not at its old retry time', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'deferred', reply: '421 down', nextAttemptAt: T0 + 60 * MIN }], T0 + 1);
+      const flushedAt = T0 + 2 * MIN;
+      assert.equal(keys(await store.claim({ route: 'r1', now: flushedAt, ignoreSchedule: true, notAttemptedSince: flushedAt, leaseMs: MIN, owner: 'w1#2', limit: 10 })).length, 1);
+      // w1 is killed mid-attempt. Once the lease ends, an ordinary claim (no flush) takes it.
+      assert.deepEqual(await store.claim({ route: 'r1', now: flushedAt + MIN - 1, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      const taken = await store.claim({ route: 'r1', now: flushedAt + MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 });
+      assert.deepEqual(keys(taken), ['m1 a@x.test']);
+      assert.equal(taken[0]?.deliveries[0]?.attempts, 1, 'the killed attempt recorded nothing');
+    });
+
     it('stats, routes and nextDue describe the queue', async () => {
       assert.deepEqual(await store.stats(), EMPTY);
       assert.deepEqual(await store.routes(), []);

@@ -216,8 +216,11 @@ export const configSchema = z.strictObject({
     (value) => (typeof value === 'string' ? (parseDuration(value) ?? value) : value),
     z.number({ error: 'expected a duration such as 0, 100ms or 1s' }).min(0),
   ).default(0),
-  /** How long a deliverer holds a claimed delivery before another may take it. */
-  DELIVERY_LEASE: duration.default(300_000),
+  /**
+   * A claim's lease, renewed every quarter of it while the attempt runs: how long a killed
+   * deliverer's deliveries wait before another deliverer takes them.
+   */
+  DELIVERY_LEASE: duration.refine((ms) => ms >= 1000, 'expected at least 1s (renewed every quarter of it)').default(20_000),
   /** Connections a deliverer opens to one next hop at once. */
   DELIVERY_CONCURRENCY: integer(1, 100).default(5),
   /** Webhook URLs (comma separated) that get a JSON POST when a primary goes down or up and when mail waits too long. */

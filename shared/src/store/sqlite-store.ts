@@ -11,7 +11,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
 import type { Logger } from '../runtime/logger.ts';
 import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
-import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type LeaseRef, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
@@ -156,9 +156,13 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
        GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id, d.route LIMIT :limit`,
     ),
     lease: db.prepare(
-      `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil
+      `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil, next_attempt_at = MIN(d.next_attempt_at, :now)
        WHERE d.message_id = :messageId AND d.route = :route AND ${CLAIMABLE}
        RETURNING ${DELIVERY_COLUMNS}`,
+    ),
+    renew: db.prepare(
+      `UPDATE deliveries SET lease_until = :until
+       WHERE message_id = :messageId AND lease_owner = :owner AND state IN ('queued', 'held')`,
     ),
     message: db.prepare(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     deliveries: db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?`),
@@ -324,6 +328,12 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
         }
         return claimed;
       });
+    },
+
+    async renew(leases: LeaseRef[], until: number): Promise<LeaseRef[]> {
+      assertOpen();
+      if (leases.length === 0) return [];
+      return tx(() => leases.filter((lease) => Number(q.renew.run({ messageId: lease.messageId, owner: lease.owner, until }).changes) > 0));
     },
 
     async settle(messageId: string, owner: string, outcomes: Outcome[], now: number): Promise<void> {
