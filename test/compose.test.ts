@@ -93,7 +93,7 @@ describe('docker-compose.yml, .env and the Dockerfile (parsed; npm run test:comp
       const s = service(name);
       assert.equal(entryOf(name), name);
       assert.ok(existsSync(join(ROOT, s.command?.[0] ?? '')), `${name}: ${s.command?.[0]} exists`);
-      assert.equal(s.build, '.', `${name}: built from the Dockerfile`);
+      assert.deepEqual(s.build, { context: '.', dockerfile: dotenv.BACKUPMX_DOCKERFILE }, `${name}: built from the Dockerfile .env names`);
       assert.ok(s.healthcheck?.test.join(' ').includes(`127.0.0.1:${s.environment?.HTTP_PORT}/readyz`), `${name}: healthcheck on /readyz of its HTTP_PORT`);
     }
     assert.equal(service('deliverer').deploy?.replicas, 2, 'two deliverers by default');

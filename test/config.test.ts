@@ -21,6 +21,14 @@ function configError(env: Record<string, string>): ConfigError {
   assert.fail(`loadConfig accepted ${JSON.stringify(env)}`);
 }
 
+describe('config: DELIVERY_LEASE', () => {
+  it('takes a duration of at least 1s (it is renewed every quarter of it), naming the key otherwise', () => {
+    assert.equal(loadConfig({ ...BASE, DELIVERY_LEASE: '1s' }).DELIVERY_LEASE, 1000);
+    assert.match(configError({ ...BASE, DELIVERY_LEASE: '500ms' }).message, /^DELIVERY_LEASE: expected at least 1s/);
+    assert.match(configError({ ...BASE, DELIVERY_LEASE: 'soon' }).message, /^DELIVERY_LEASE: expected a duration/);
+  });
+});
+
 describe('config: required settings', () => {
   it('refuses to start without RELAY_DOMAINS, naming it', () => {
     const error = configError({ PRIMARY: 'mx.example.test' });
@@ -55,6 +63,7 @@ describe('config: defaults', () => {
     assert.deepEqual(config.RETRY_SCHEDULE, [60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 3600_000]);
     assert.equal(config.PROBE_INTERVAL, 10_000);
     assert.equal(config.PROBE_INTERVAL_DOWN, 1_000);
+    assert.equal(config.DELIVERY_LEASE, 20_000);
     assert.equal(config.PROBE_TIMEOUT, 10_000);
     assert.equal(config.PROBE_FAILURES, 3);
     assert.equal(config.PROBE_SUCCESSES, 2);

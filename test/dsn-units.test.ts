@@ -3,7 +3,9 @@ import { Buffer } from 'node:buffer';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../shared/src/runtime/config.ts';
 import { checkMailParams, checkRcptParams, dsnParams } from '../shared/src/rules/dsn-params.ts';
-import { isSmtpReply, notifyOf, orcptOf, reportId, reportSuppressed, statusOf, wantsReport } from '../shared/src/rules/dsn-policy.ts';
+import { isSmtpReply, notifyOf, orcptOf, reportSuppressed, statusOf, wantsReport } from '../shared/src/rules/dsn-policy.ts';
+import { parseHeaders } from '../shared/src/mail/message.ts';
+import { reportId } from '../shared/src/mail/reports.ts';
 import { deliveryStatus, humanText, reportSubject, rfc5322Date } from '../shared/src/mail/dsn-report.ts';
 import { configuredRoutes, configuredTargets, mxDomainOf, routeForRecipient, routeTargets } from '../shared/src/rules/routing.ts';
 import { orderMx, planMx, selfFrom } from '../services/deliverer/src/mx.ts';
@@ -31,7 +33,7 @@ describe('DSN policy (RFC 3461 / RFC 3464)', () => {
   });
 
   it('suppresses reports about a null sender, Auto-Submitted mail and reports', () => {
-    const mail = (headers: string) => Buffer.from(`${headers}Subject: x\r\n\r\nbody\r\n`);
+    const mail = (headers: string) => parseHeaders(Buffer.from(`${headers}Subject: x\r\n\r\nbody\r\n`));
     assert.equal(reportSuppressed('', mail('')), 'null sender');
     assert.equal(reportSuppressed('s@o.test', mail('Auto-Submitted: auto-replied\r\n')), 'Auto-Submitted: auto-replied');
     assert.equal(reportSuppressed('s@o.test', mail('Auto-Submitted: Auto-Generated; owner-email="x@y"\r\n')), 'Auto-Submitted: auto-generated');

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { applyProbe, initialState, nextProbeDelay } from '../shared/src/rules/hysteresis.ts';
 import type { TargetState, Thresholds } from '../shared/src/rules/hysteresis.ts';
-import type { ProbeResult } from '../services/health/src/probe.ts';
+import type { ProbeResult } from '../shared/src/rules/hysteresis.ts';
 
 const OK: ProbeResult = { ok: true, latencyMs: 12, greeting: '220 primary ESMTP' };
 const FAIL: ProbeResult = { ok: false, latencyMs: 300, error: 'timeout after 300 ms waiting for greeting' };

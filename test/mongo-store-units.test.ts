@@ -15,6 +15,7 @@ import {
   deliveryDocs,
   deliveryMatch,
   hasWritableServer,
+  leasedTo,
   leaseUpdate,
   listFilter,
   listOrder,
@@ -103,6 +104,26 @@ describe('mongo store: claim filter', () => {
     assert.equal(updateMany(work, claimFilter({ ...o2, ignoreSchedule: true }), leaseUpdate(o2, 'token-2')).matchedCount, 0);
     const o3 = { ...o, owner: 'w2', now: T0 + 5 * MIN };
     assert.equal(updateMany(work, claimFilter(o3), leaseUpdate(o3, 'token-3')).matchedCount, 2, 'lease ended: the work returns');
+  });
+
+  it('a lease makes the delivery due at the claim at the latest: a lease that ends unsettled returns it at once', () => {
+    const work = [delivery('m1 a', { nextAttemptAt: T0 + 60 * MIN }), delivery('m1 b', { nextAttemptAt: T0 - MIN })];
+    const o: ClaimOptions = { route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10, ignoreSchedule: true };
+    updateMany(work, claimFilter(o), leaseUpdate(o, 'token-1'));
+    assert.deepEqual(work.map((d) => d['nextAttemptAt']), [T0, T0 - MIN]);
+    assert.deepEqual(claimable(work, { route: 'r1', now: T0 + MIN }), ['m1 a', 'm1 b'], 'no flush needed once the lease ended');
+  });
+
+  it('leasedTo: what renew extends and settle changes is the queued or held work still leased to that owner', () => {
+    const work = [
+      delivery('m1 a', { leaseOwner: 'w1#1', leaseUntil: T0 }),
+      delivery('m1 b', { leaseOwner: 'w1#1', leaseUntil: T0, state: 'held' }),
+      delivery('m1 c', { leaseOwner: 'w1#2', leaseUntil: T0 }),
+      delivery('m1 d', { leaseOwner: 'w1#1', leaseUntil: T0, state: 'delivered' }),
+      delivery('m2 a', { leaseOwner: 'w1#1', leaseUntil: T0 }),
+    ];
+    assert.deepEqual(names(work.filter((d) => new Query(leasedTo('m1', 'w1#1')).test(d))), ['m1 a', 'm1 b']);
+    assert.equal(updateMany(work, leasedTo('m1', 'w9'), { $set: { leaseUntil: T0 + MIN } }).matchedCount, 0);
   });
 
   it('orders by received time, then message id, then route; notTaken skips groups already claimed', () => {

@@ -3,7 +3,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
-import { spawnService, waitReady, type Service } from './support/processes.ts';
+import { sendSignal, spawnService, waitReady, type Service } from './support/processes.ts';
 import { openSession } from './support/smtp-session.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
@@ -53,7 +53,7 @@ describe('SIGTERM with a message in flight (one process)', () => {
     assert.match(await smtp.command('RCPT TO:<user@example.test>'), /^250 /);
     assert.match(await smtp.command('DATA'), /^354 /);
     smtp.write('Subject: in flight\r\n\r\nbody\r\n');
-    system.child.kill('SIGTERM');
+    sendSignal(system.child, 'SIGTERM');
     await waitFor('new connections to be refused', () => refused(smtpPort));
     const reply = await smtp.data('.\r\n');
     assert.match(reply, /^250 2\.0\.0 Ok: queued as [0-9A-Z]+$/);

@@ -5,18 +5,18 @@
 import { describe, it, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { spawn } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { DatabaseSync } from 'node:sqlite';
 import { createLogger } from '../shared/src/runtime/logger.ts';
 import type { Logger } from '../shared/src/runtime/logger.ts';
 import type { QueueStats, Store } from '../shared/src/store/store.ts';
 import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
+import { spawnModule } from './support/processes.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
 interface Backend {
@@ -528,6 +528,55 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.deepEqual(after?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a@x.test delivered', 'b@x.test delivered'], 'the stale settle left no attempt');
     });
 
+    it('renew extends a lease while it is held; the work returns only when renewals stop', async () => {
+      await store.put(mail('m1', ['a@x.test', 'b@x.test'], T0), via('r1', ['a@x.test', 'b@x.test']));
+      await store.put(mail('m2', ['c@x.test'], T0), via('r1', ['c@x.test']));
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 })).length, 3);
+      // Renewed just before the end: nobody may take it at the old end, nor until the new one.
+      const renewed = await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }], T0 + MIN - 1 + MIN);
+      assert.deepEqual(renewed, [{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }]);
+      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      assert.deepEqual(await store.claim({ route: 'r1', now: T0 + 2 * MIN - 2, ignoreSchedule: true, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      // Renewals stopped (the deliverer was killed): at the renewed end the work returns.
+      assert.deepEqual(keys(await store.claim({ route: 'r1', now: T0 + 2 * MIN - 1, leaseMs: MIN, owner: 'w2#1', limit: 10 })), ['m1 a@x.test', 'm1 b@x.test', 'm2 c@x.test']);
+      assert.equal(await store.nextDue('r1'), T0, 'claiming changed no schedule that was due already');
+    });
+
+    it('a lease that ended and went to another claim, even of the same deliverer, can neither be renewed nor settled', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: MIN, owner: 'w1#2', limit: 10 })).length, 1);
+      assert.deepEqual(await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'unknown', owner: 'w1#2' }], T0 + 3 * MIN), [], 'the first claim lost it');
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 ok' }], T0 + MIN + 1);
+      assert.equal((await store.getMessage('m1'))?.deliveries[0]?.state, 'queued', 'the stale attempt settles nothing');
+      // The second claim's lease was not extended by the failed renewal: it ends at T0 + 2 MIN.
+      assert.equal(keys(await store.claim({ route: 'r1', now: T0 + 2 * MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 })).length, 1);
+    });
+
+    it('settled or dropped leases are not renewed', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.put(mail('m2', ['b@x.test'], T0), via('r1', ['b@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'deferred', reply: '451 later', nextAttemptAt: T0 + 10 * MIN }], T0 + 1);
+      assert.equal(await store.retryNow('m2', T0 + 2), 1);
+      assert.deepEqual(await store.renew([{ messageId: 'm1', owner: 'w1#1' }, { messageId: 'm2', owner: 'w1#1' }], T0 + 5 * MIN), []);
+      assert.deepEqual(await store.renew([], T0 + 5 * MIN), []);
+      assert.equal((await store.getMessage('m1'))?.deliveries[0]?.nextAttemptAt, T0 + 10 * MIN);
+    });
+
+    it('a delivery claimed ahead of its schedule (a flush) whose lease ends unsettled is due at once, not at its old retry time', async () => {
+      await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
+      await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1#1', limit: 10 });
+      await store.settle('m1', 'w1#1', [{ recipient: 'a@x.test', result: 'deferred', reply: '421 down', nextAttemptAt: T0 + 60 * MIN }], T0 + 1);
+      const flushedAt = T0 + 2 * MIN;
+      assert.equal(keys(await store.claim({ route: 'r1', now: flushedAt, ignoreSchedule: true, notAttemptedSince: flushedAt, leaseMs: MIN, owner: 'w1#2', limit: 10 })).length, 1);
+      // w1 is killed mid-attempt. Once the lease ends, an ordinary claim (no flush) takes it.
+      assert.deepEqual(await store.claim({ route: 'r1', now: flushedAt + MIN - 1, leaseMs: MIN, owner: 'w2#1', limit: 10 }), []);
+      const taken = await store.claim({ route: 'r1', now: flushedAt + MIN, leaseMs: MIN, owner: 'w2#1', limit: 10 });
+      assert.deepEqual(keys(taken), ['m1 a@x.test']);
+      assert.equal(taken[0]?.deliveries[0]?.attempts, 1, 'the killed attempt recorded nothing');
+    });
+
     it('stats, routes and nextDue describe the queue', async () => {
       assert.deepEqual(await store.stats(), EMPTY);
       assert.deepEqual(await store.routes(), []);
@@ -999,7 +1048,7 @@ describe('sqlite store: separate processes', () => {
       }
       await setup.close();
 
-      const moduleUrl = pathToFileURL(join(import.meta.dirname, '..', 'shared', 'src', 'store', 'sqlite-store.ts')).href;
+      const moduleUrl = new URL('../shared/src/store/sqlite-store.ts', import.meta.url).href;
       const worker = `
         const { openSqliteStore } = await import(${JSON.stringify(moduleUrl)});
         const store = await openSqliteStore(${JSON.stringify(path)});
@@ -1023,7 +1072,7 @@ describe('sqlite store: separate processes', () => {
         process.stdout.write(JSON.stringify(got) + '\\n');
       `;
       const children = Array.from({ length: 4 }, () => {
-        const child = spawn(process.execPath, ['--input-type=module', '-e', worker], { stdio: ['pipe', 'pipe', 'pipe'] });
+        const child = spawnModule(worker, dir, { stdio: ['pipe', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
         let out = '';
         let err = '';
         child.stderr.on('data', (c: Buffer) => (err += c.toString()));
@@ -1071,6 +1120,32 @@ describe('sqlite store: file format', () => {
       const check = new DatabaseSync(path);
       assert.deepEqual({ ...check.prepare('SELECT id FROM messages').get() }, { id: 'm1' });
       check.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps a large body in parts of 1 MiB, reads it back part by part, and removes every part when delivered', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const path = join(dir, 'store.db');
+      const store = await openSqliteStore(path);
+      const body = randomBytes(5 * 1024 * 1024 + 3);
+      await store.put(mail('big', ['a@x.test'], T0, body), via('r1', ['a@x.test']));
+      const file = new DatabaseSync(path);
+      const parts = () => (file.prepare(`SELECT COUNT(*) AS n, MAX(length(part)) AS largest FROM body_parts WHERE message_id = 'big'`).get() as { n: number; largest: number | null });
+      assert.deepEqual({ ...parts() }, { n: 6, largest: 1024 * 1024 }, 'no row holds the whole body');
+      const chunks: Buffer[] = [];
+      for await (const chunk of await store.readBody('big')) chunks.push(chunk as Buffer);
+      assert.ok(chunks.length >= 6 && chunks.every((chunk) => chunk.length <= 1024 * 1024), 'streamed a part at a time');
+      assert.ok(Buffer.concat(chunks).equals(body));
+      const [claimed] = await store.claim({ route: 'r1', now: T0, leaseMs: MIN, owner: 'w1', limit: 1 });
+      assert.ok(claimed);
+      await store.settle('big', 'w1', [{ recipient: 'a@x.test', result: 'delivered', reply: '250 ok' }], T0 + 1);
+      assert.equal(parts().n, 0, 'the parts are gone with the body');
+      await assert.rejects(store.readBody('big'), /big/);
+      file.close();
+      await store.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -111,7 +111,7 @@ function queueAtUpgrade(prefix: string, route: string, now: number): OldMessage[
 }
 
 describe('upgrades keep the queue (SQLite store)', () => {
-  it('a spool in format 2 (0.1.0) is opened as it is and its queued mail is delivered', async () => {
+  it('a spool in format 2 (0.1.0) is brought to format 3 (bodies in parts) and its queued mail is delivered', async () => {
     const now = Date.now();
     const { views, log, version } = await upgradeAndDeliver((path, route) => {
       const held: OldMessage = { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
@@ -120,8 +120,10 @@ describe('upgrades keep the queue (SQLite store)', () => {
       return messages;
     }, { M2A: ['a1@example.test', 'a2@example.test'], M2B: ['b2@example.test'] });
 
-    assert.equal(version, 2);
-    assert.doesNotMatch(log, /store migrated/, 'format 2 is current: nothing to migrate');
+    assert.equal(version, 3);
+    const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
+    assert.equal(migrated.length, 1, 'format 2 gains the body_parts table, and one log line says so');
+    assert.match(migrated[0] ?? '', /"from":2,"to":3/);
     assert.deepEqual(views['M2A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
     assert.deepEqual(views['M2A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
     assert.deepEqual(views['M2B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
@@ -137,10 +139,10 @@ describe('upgrades keep the queue (SQLite store)', () => {
       return messages;
     }, { M1A: ['a1@example.test', 'a2@example.test'], M1B: ['b2@example.test'] });
 
-    assert.equal(version, 2, 'the file is in the current format afterwards');
+    assert.equal(version, 3, 'the file is in the current format afterwards');
     const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
     assert.equal(migrated.length, 1, 'one log line says so');
-    assert.match(migrated[0] ?? '', /"from":1,"to":2/);
+    assert.match(migrated[0] ?? '', /"from":1,"to":3/);
     assert.deepEqual(views['M1A']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['a1@example.test delivered', 'a2@example.test delivered']);
     assert.deepEqual(views['M1B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b2@example.test delivered'], 'format 1 had deleted b1 (delivered)');
     assert.deepEqual(views['M1C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user']);
@@ -159,11 +161,11 @@ describe('store files this build cannot use are refused, untouched', () => {
     const dir = tempDir();
     try {
       const path = join(dir.path, 'spool.sqlite');
-      writeSqliteV2(path, [one], { version: 3, journal: 'DELETE' });
+      writeSqliteV2(path, [one], { version: 4, journal: 'DELETE' });
       const before = readFileSync(path);
       const { code, stderr } = start(dir.path);
       assert.equal(code, 78);
-      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: store schema 3 is newer than this build's 2 (written by a newer backupmx); run that version or a later one, the store was left unchanged\n`);
+      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: store schema 4 is newer than this build's 3 (written by a newer backupmx); run that version or a later one, the store was left unchanged\n`);
       assert.ok(readFileSync(path).equals(before), 'the file is unchanged');
     } finally {
       dir.remove();

@@ -1,3 +1,5 @@
+import { constants as osConstants } from 'node:os';
+
 /** A one-line failure of the CLI, with the exit code it ends with (sysexits.h). */
 export class CliError extends Error {
   exitCode: number;
@@ -23,9 +25,23 @@ export interface ApiResponse {
   text: string;
 }
 
-function causeOf(error: unknown): string {
+/** Linux/BSD error numbers by name (ECONNREFUSED...), to read Deno's "(os error 111)". */
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, number]) => [number, name]));
+
+/**
+ * Why a fetch failed, as a system error code where there is one. Node's fetch puts it in
+ * `cause.code`; Deno's has no cause and says it in the message: "...tcp connect error: Connection
+ * refused (os error 111)", "dns error: failed to lookup address information: ...".
+ */
+export function causeOf(error: unknown): string {
   const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? (error as Error).message;
+  if (cause?.code) return cause.code;
+  const message = cause?.message ?? (error as Error).message;
+  const errno = /\(os error (\d+)\)/.exec(message);
+  const name = errno ? ERRNO_NAMES.get(Number(errno[1])) : undefined;
+  if (name) return name;
+  if (/dns error|failed to lookup address/i.test(message)) return 'ENOTFOUND';
+  return message;
 }
 
 /**

@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { waitFor } from './util.ts';
 
-export const ROOT = join(import.meta.dirname, '..', '..');
+export const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 
 export const ENTRY = {
   all: 'src/main.ts',
@@ -23,13 +24,45 @@ export interface Service {
 }
 
 /**
+ * Send a signal to a child by its pid. Not `child.kill()`: under Deno 2.9 that leaves `signalCode`
+ * set and `exitCode` null even when the child then exits 0, so the exit code would be lost.
+ */
+export function sendSignal(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(child.pid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; // already gone
+  }
+}
+
+/**
+ * Run ES module source as a child of this runtime (Node or Deno). Written to a `.mjs` file in `dir`
+ * rather than passed with `-e --input-type=module`, which Deno runs as a script.
+ */
+export function spawnModule(source: string, dir: string, options: SpawnOptions = {}): ChildProcess {
+  const file = join(dir, `module-${process.pid}-${++modules}.mjs`);
+  writeFileSync(file, source);
+  return spawn(process.execPath, [file], options);
+}
+let modules = 0;
+
+/**
  * Start a backupmx entry point as its own process (Node 24, type stripping, as `npm start` does),
  * with exactly `env` plus PATH; its output goes to LOG_DIR/<name>.log for post-mortems.
  */
 export function spawnService(name: string, entry: keyof typeof ENTRY, env: Record<string, string>, logDir: string): Service {
+  return spawnCommand(name, [process.execPath, join(ROOT, ENTRY[entry])], env, logDir);
+}
+
+/** The Deno binary the `deno` devDependency installs. */
+export const DENO = join(ROOT, 'node_modules', '.bin', 'deno');
+
+/** As spawnService, for any command run from the project's root (`deno task start`). */
+export function spawnCommand(name: string, [command, ...args]: [string, ...string[]], env: Record<string, string>, logDir: string): Service {
   mkdirSync(logDir, { recursive: true });
   const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
-  const child = spawn(process.execPath, [join(ROOT, ENTRY[entry])], {
+  const child = spawn(command, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -43,7 +76,7 @@ export function spawnService(name: string, entry: keyof typeof ENTRY, env: Recor
     httpPort: Number(env.HTTP_PORT),
     exited,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      if (child.exitCode === null && child.signalCode === null) sendSignal(child, signal);
       return exited;
     },
   };

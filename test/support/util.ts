@@ -46,3 +46,17 @@ export function tempDir(prefix = 'backupmx-test-'): { path: string; remove: () =
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
+
+/**
+ * `promise`, with the event loop kept alive until it settles. Code under test may wait on an
+ * unref'd timer alone (a DNS time limit that must not hold the process open); Node's test runner
+ * waits for it anyway, but under `deno test` the loop ends first and the test fails as "still pending".
+ */
+export async function keepAlive<T>(promise: Promise<T>): Promise<T> {
+  const timer = setInterval(() => {}, 1000);
+  try {
+    return await promise;
+  } finally {
+    clearInterval(timer);
+  }
+}

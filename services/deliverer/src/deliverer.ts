@@ -10,6 +10,7 @@ import { configuredRoutes, mxDomainOf, routeTargets } from '@backupmx/shared/rul
 import type { Store } from '@backupmx/shared/store/store.ts';
 import type { ClaimedMessage, MessageInfo, Outcome } from '@backupmx/shared/types.ts';
 import { recordAttempt } from './attempt-telemetry.ts';
+import { createLeaseKeeper, type HeldLease } from './leases.ts';
 import { planMx, selfFrom, type MxResolver } from './mx.ts';
 import { createMtaSts, type AppliedPolicy, type StsResolver } from './mta-sts.ts';
 import { resolveTargets, type HostLookup } from './next-hop.ts';
@@ -90,6 +91,9 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
   const targets = new Map<string, TargetState>();
   const workers = new Map<string, { running: Promise<void> | null; pending: { flush: boolean } | null }>();
   const staleAfter = 3 * config.PROBE_INTERVAL + config.PROBE_TIMEOUT;
+  const leases = createLeaseKeeper(store, config.DELIVERY_LEASE, log);
+  /** Each claim call leases under a fresh owner: its fencing token (store.ts ClaimOptions.owner). */
+  let claimCalls = 0;
   let stopping = false;
   let ticker: NodeJS.Timeout | null = null;
 
@@ -137,20 +141,25 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     let empty = false;
     while (!stopping && !unreachable && !empty) {
       if (running.size <= inHand / 2) {
+        const leaseOwner = `${owner}#${(claimCalls += 1)}`;
+        const claimedAt = Date.now();
+        const limit = inHand - running.size;
         const claims = await store.claim({
           route,
-          now: Date.now(),
+          now: claimedAt,
           leaseMs: config.DELIVERY_LEASE,
-          owner,
-          limit: inHand - running.size,
+          owner: leaseOwner,
+          limit,
           ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
         });
-        empty = claims.length < inHand - running.size; // the backlog is in hand: this run ends when it is done
+        empty = claims.length < limit; // the backlog is in hand: this run ends when it is done
         for (const claim of claims) {
-          const attempt: Promise<void> = deliver(claim).then((result) => {
+          // Held (and renewed by the lease keeper) from the claim on, also while waiting for a connection.
+          const lease = leases.hold(claim.message.id, leaseOwner, claimedAt + config.DELIVERY_LEASE);
+          const attempt: Promise<void> = deliver(claim, lease).then((result) => {
             running.delete(attempt);
             if (result === 'answered') delivered += 1;
-            else unreachable = true;
+            else if (result === 'unreachable') unreachable = true;
           });
           running.add(attempt);
         }
@@ -193,7 +202,12 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     return { hops: allowed.hops, tls: { requirement: strictest([own, stsRequirement]) }, sts };
   }
 
-  async function deliver(claim: ClaimedMessage): Promise<'answered' | 'unreachable'> {
+  /**
+   * One attempt under `lease`, renewed by the lease keeper while it runs. 'lost': the lease was lost
+   * and the attempt stopped before the end of the message; nothing is recorded, and the delivery
+   * is claimable again (at once) when the lease ends.
+   */
+  async function deliver(claim: ClaimedMessage, lease: HeldLease): Promise<'answered' | 'unreachable' | 'lost'> {
     const { message } = claim;
     const recipients = claim.deliveries.map((delivery) => delivery.recipient);
     const attempts = new Map(claim.deliveries.map((delivery) => [delivery.recipient, delivery.attempts + 1]));
@@ -205,10 +219,14 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
         // No hop to try (DNS, MTA-STS): a deferral (4.4.x, 4.7.5), or a failure for a domain that takes no mail.
         const attempt: Attempt =
           'hops' in plan
-            ? await client.send(plan.hops, outgoing(message, recipients), () => store.readBody(message.id), plan.tls)
+            ? await client.send(plan.hops, outgoing(message, recipients), () => store.readBody(message.id), plan.tls, lease.abort.signal)
             : 'fail' in plan
               ? { target: '', error: { message: plan.fail, response: plan.fail, responseCode: Number(plan.fail.slice(0, 3)) }, remoteMta: null, dsn: false }
               : { target: '', error: { message: plan.defer }, remoteMta: null, dsn: false };
+        if (lease.lost && 'error' in attempt && attempt.error.responseCode === undefined) {
+          log.warn({ queueId: message.id, reason: lease.lost }, 'attempt stopped: its lease was lost; the delivery returns to the queue when the lease ends');
+          return 'lost';
+        }
         const now = Date.now();
         const list = verdicts(recipients, attempt);
         const retryAt = (recipient: string) => nextAttemptAt(attempts.get(recipient) ?? 1, config.RETRY_SCHEDULE, now);
@@ -223,7 +241,8 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
             outcomes = outcomes.map((outcome) => (outcome.result === 'failed' ? { ...outcome, result: 'deferred', nextAttemptAt: retryAt(outcome.recipient) } : outcome));
           }
         }
-        await store.settle(message.id, owner, outcomes, now);
+        // Fenced: changes nothing when the lease went to another claim meanwhile.
+        await store.settle(message.id, lease.owner, outcomes, now);
         recordAttempt(span, claim.route, attempt, list);
         if ('hops' in plan && plan.sts && plan.tls.audit && attempt.remoteMta) {
           const reason = stsTestingRefusal(plan.sts.policy, attempt.remoteMta, attempt.target, attempt.tls ?? null, plan.tls.audit);
@@ -240,9 +259,11 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
         return unanswered ? 'unreachable' : 'answered';
       } catch (error) {
         span.recordException(error as Error);
+        if (lease.lost) return 'lost';
         log.error({ err: error, queueId: message.id }, 'delivery attempt could not be recorded; the lease will return it');
         return 'unreachable';
       } finally {
+        leases.release(lease);
         span.end();
       }
     });
@@ -282,6 +303,7 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
         }
         for (const route of knownRoutes) if (!routeDown(route)) kick(route, false);
       };
+      leases.start();
       ticker = setInterval(() => void tick(), TICK_MS);
       void tick();
     },
@@ -291,6 +313,8 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
       stopping = true;
       if (ticker) clearInterval(ticker);
       await Promise.allSettled([...workers.values()].map((worker) => worker.running));
+      // Renewals go on until the last attempt has settled.
+      await leases.stop();
       client.close();
     },
   };

@@ -274,7 +274,7 @@ export function createSmtpClient(options: ClientOptions) {
    * One transaction on an open connection; afterwards the session is clean (RSET) or dropped.
    * `untouched`: the hop answered nothing of it (a cached connection it had closed meanwhile).
    */
-  function transact(slot: Slot, message: OutgoingMessage, body: Readable): Promise<{ outcome: { result: SendResult } | { error: SendError }; untouched: boolean }> {
+  function transact(slot: Slot, message: OutgoingMessage, body: Readable, signal?: AbortSignal): Promise<{ outcome: { result: SendResult } | { error: SendError }; untouched: boolean }> {
     const envelope: TrackedEnvelope = {
       from: message.from,
       to: message.recipients.map((recipient) => recipient.address),
@@ -286,8 +286,15 @@ export function createSmtpClient(options: ClientOptions) {
     connection.envelopeInFlight = envelope;
     connection.recipientParams = new Map(message.recipients.map((recipient) => [recipient.address, recipient]));
     slot.messages += 1;
+    // Stopped (the deliverer lost its lease): the socket is destroyed, so what was not written yet, the final dot included, never goes.
+    const stop = () => {
+      slot.alive = false;
+      ((connection as unknown as ConnectionInternals)._socket as TLSSocket | undefined)?.destroy(new Error(`stopped: ${String((signal?.reason as Error | undefined)?.message ?? signal?.reason)}`));
+    };
+    signal?.addEventListener('abort', stop, { once: true });
     return new Promise((resolve) => {
       connection.send(envelope as never, body, (error, info) => {
+        signal?.removeEventListener('abort', stop);
         connection.envelopeInFlight = null;
         if (!error) return resolve({ outcome: { result: info as unknown as SendResult }, untouched: false });
         const failure = error as unknown as SendError & { code?: string };
@@ -315,11 +322,13 @@ export function createSmtpClient(options: ClientOptions) {
     /**
      * Send one message to the first hop that answers (RFC 5321 5.1: the next one on connection
      * failure, a 4xx/5xx greeting, or TLS that does not meet `tls`: RFC 7672 and 8461 move on to
-     * the next MX too). `body` is called again for each hop tried.
+     * the next MX too). `body` is called again for each hop tried. `signal`: stop at once (the
+     * transaction is cut off, before its final dot when that was not written yet); rejects.
      */
-    async send(hops: readonly Hop[], message: OutgoingMessage, body: () => Promise<Readable>, tls: HopTls = { requirement: OPPORTUNISTIC }): Promise<Attempt> {
+    async send(hops: readonly Hop[], message: OutgoingMessage, body: () => Promise<Readable>, tls: HopTls = { requirement: OPPORTUNISTIC }, signal?: AbortSignal): Promise<Attempt> {
       let last: Attempt | null = null;
       for (const hop of hops) {
+        signal?.throwIfAborted();
         // Connections are reused only under the same TLS requirement (they were checked against it).
         const key = `${formatTarget(hop)} ${hop.name ?? ''} ${JSON.stringify(tls)}`;
         const target = hop.name ? `${hop.name}[${hop.host}]:${hop.port}` : formatTarget(hop);
@@ -337,7 +346,9 @@ export function createSmtpClient(options: ClientOptions) {
           const { slot, reused } = acquired;
           let sent: Awaited<ReturnType<typeof transact>>;
           try {
-            sent = await transact(slot, message, await body());
+            const stream = await body();
+            signal?.throwIfAborted();
+            sent = await transact(slot, message, stream, signal);
           } catch (error) {
             slot.alive = false;
             release(key, slot);

@@ -19,9 +19,8 @@ import { NOT_OFFERED, type TlsFacts } from '@backupmx/shared/rules/next-hop-tls.
  * `ok`: the target answers SMTP (greeting and EHLO); its TLS, good or bad, does not change that (a
  * sender reaches it all the same), it is reported in `tls`. `latencyMs` runs to the EHLO reply.
  */
-export type ProbeResult =
-  | { ok: true; latencyMs: number; greeting: string; tls?: TlsFacts }
-  | { ok: false; latencyMs: number; error: string };
+export type { ProbeResult } from '@backupmx/shared/rules/hysteresis.ts';
+import type { ProbeResult } from '@backupmx/shared/rules/hysteresis.ts';
 
 export interface ProbeTarget {
   host: string;

@@ -32,7 +32,30 @@ export function createHeaderMeter(limit: number) {
   };
 }
 
-export type ReadResult = { body: Buffer; refused: null; reserved: number } | { body: null; refused: 'size' | 'header' | 'memory'; reserved: 0 };
+/**
+ * A message read whole: its chunks as they came (not joined: the caller joins them once, behind our
+ * own header fields, so that a large message is not copied twice), `size` bytes in all, of which the
+ * first `headerSize` are the header section.
+ */
+export interface ReadMessage {
+  chunks: Buffer[];
+  size: number;
+  headerSize: number;
+}
+
+export type ReadResult = { message: ReadMessage; refused: null; reserved: number } | { message: null; refused: 'size' | 'header' | 'memory'; reserved: 0 };
+
+/** The first `bytes` bytes of the chunks (the header section), copied out of them. */
+export function leadingBytes(chunks: Buffer[], bytes: number): Buffer {
+  const taken: Buffer[] = [];
+  let left = bytes;
+  for (const chunk of chunks) {
+    if (left <= 0) break;
+    taken.push(chunk.length <= left ? chunk : chunk.subarray(0, left));
+    left -= chunk.length;
+  }
+  return Buffer.concat(taken);
+}
 
 /** Bytes held in memory across sessions (MEMORY_BUDGET); see memory-budget.ts. */
 export interface ReadBudget {
@@ -76,11 +99,9 @@ export function readMessage(stream: Readable & { sizeExceeded?: boolean }, maxSi
       const refused = stream.sizeExceeded || size > maxSize ? 'size' : header.over ? 'header' : overBudget ? 'memory' : null;
       if (refused) {
         drop();
-        return resolve({ body: null, refused, reserved: 0 });
+        return resolve({ message: null, refused, reserved: 0 });
       }
-      const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size);
-      chunks = [];
-      resolve({ body, refused: null, reserved });
+      resolve({ message: { chunks, size, headerSize: header.size ?? size }, refused: null, reserved });
     });
     stream.once('error', (error) => {
       drop();

@@ -1,11 +1,12 @@
 import type { Buffer } from 'node:buffer';
+import type { Readable } from 'node:stream';
 import { authenticate, type AuthenticateResult } from 'mailauth';
 import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
 
 export interface SenderAuthInput {
-  /** The message as the sender gave it (without our Received header). */
-  message: Buffer;
+  /** The message as the sender gave it (without our Received header): bytes, or a stream of them (a large message is not joined for this). */
+  message: Buffer | Readable;
   clientAddress: string;
   helo: string;
   /** Envelope sender; '' for <>. */

@@ -2,6 +2,7 @@ import './smtp-server-patches.ts';
 import './proxy-protocol.ts';
 import type { ProxyProtocolOptions } from './proxy-protocol.ts';
 import { Buffer } from 'node:buffer';
+import { Readable } from 'node:stream';
 import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import type { Broker } from '@backupmx/shared/broker/broker.ts';
@@ -17,7 +18,7 @@ import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
 import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
 import type { MemoryBudget } from './memory-budget.ts';
-import { readMessage } from './message-reader.ts';
+import { leadingBytes, readMessage } from './message-reader.ts';
 import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
 import type { RecipientValidation } from './recipient-validation.ts';
@@ -201,12 +202,12 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       log.warn({ ...fields, held: deps.budget.held(), budget: deps.budget.limit }, 'message refused: MEMORY_BUDGET exhausted');
       throw replyError(INSUFFICIENT_STORAGE);
     }
-    const body = read.body;
-    if (body === null) {
+    const message = read.message;
+    if (message === null) {
       log.info({ ...fields }, 'message refused: header too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message header size exceeds limit of ${config.MAX_HEADER_SIZE} bytes` });
     }
-    const hops = countReceived(body);
+    const hops = countReceived(leadingBytes(message.chunks, message.headerSize));
     if (hops > HOP_LIMIT) {
       log.warn({ ...fields, hops }, 'message refused: mail loop');
       throw replyError({ code: 554, status: '5.4.6', text: `Too many hops (${hops} Received headers): mail loop?` });
@@ -215,7 +216,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     let authResults = '';
     if (config.SENDER_AUTH) {
       const auth = await evaluateSender({
-        message: body,
+        message: Readable.from(message.chunks, { objectMode: false }),
         clientAddress: session.remoteAddress,
         helo,
         mailFrom,
@@ -246,7 +247,10 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       log.warn({ ...fields, free: deps.disk.free(), headroom: deps.disk.threshold }, 'message refused: disk space below DISK_HEADROOM');
       throw replyError(INSUFFICIENT_STORAGE);
     }
-    const raw = Buffer.concat([Buffer.from(header, 'latin1'), Buffer.from(authResults, 'latin1'), body]);
+    // The one copy of the message: our fields on top, the sender's bytes as they came.
+    const ours = Buffer.from(header + authResults, 'latin1');
+    const raw = Buffer.concat([ours, ...message.chunks], ours.length + message.size);
+    message.chunks.length = 0;
     const envelope = {
       mailFrom,
       rcptTo: recipients,

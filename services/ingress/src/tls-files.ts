@@ -2,6 +2,7 @@ import { Buffer } from 'node:buffer';
 import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { tlsPairProblem } from '@backupmx/shared/runtime/tls-pair.ts';
 
 /** TLS 1.2 or newer (RFC 8996 deprecates 1.0 and 1.1). */
 export const MIN_TLS_VERSION = 'TLSv1.2';
@@ -14,7 +15,9 @@ export interface TlsFiles {
 /** Read and check a certificate and its key (they must parse and belong together). Throws otherwise. */
 export function readTlsFiles(certPath: string, keyPath: string): TlsFiles {
   const files = { cert: readFileSync(certPath), key: readFileSync(keyPath) };
-  createSecureContext({ ...files, minVersion: MIN_TLS_VERSION });
+  const problem = tlsPairProblem(files.cert, files.key);
+  if (problem) throw new Error(`${problem.key}: ${problem.key === 'TLS_CERT' ? certPath : keyPath} ${problem.message}`);
+  createSecureContext({ ...files, minVersion: MIN_TLS_VERSION }); // what the TLS library itself refuses
   return files;
 }
 

@@ -53,7 +53,8 @@ export function decodeMail(message: Pick<ConsumeMessage, 'content' | 'properties
     id: messageId,
     // The whole envelope travels (DSN parameters, client); only its two required fields are checked.
     envelope: { ...envelope, rcptTo: envelope.rcptTo.map(String) },
-    body: Buffer.from(message.content),
+    // amqplib's content is a Buffer of its own (joined from the frames): used as it is, not copied again.
+    body: message.content,
     receivedAt: Number(headers['x-received-at']) || Date.now(),
     trace,
   };

@@ -9,7 +9,9 @@ import type { Readable } from 'node:stream';
 import type { Broker } from '../broker/broker.ts';
 import type { Config } from '../runtime/config.ts';
 import type { Logger } from '../runtime/logger.ts';
-import { notifyOf, orcptOf, reportId, reportSuppressed, wantsReport, type ReportAction } from '../rules/dsn-policy.ts';
+import { createHash } from 'node:crypto';
+import { notifyOf, orcptOf, reportSuppressed, wantsReport, type ReportAction } from '../rules/dsn-policy.ts';
+import { parseHeaders } from './message.ts';
 import { buildReport, type ReportRecipient } from './dsn-report.ts';
 import type { Store } from '../store/store.ts';
 import type { MessageInfo } from '../types.ts';
@@ -40,7 +42,7 @@ export function createReporter(config: Pick<Config, 'SMTP_HOSTNAME'>, store: Pic
       if (wanted.length === 0) return { sent: false, reason: entries.length ? 'NOTIFY asks for no report' : 'nothing to report' };
       if (message.mailFrom === '') return { sent: false, reason: 'null sender' };
       const raw = original ?? (await readAll(await store.readBody(message.id)));
-      const suppressed = reportSuppressed(message.mailFrom, raw);
+      const suppressed = reportSuppressed(message.mailFrom, parseHeaders(raw));
       if (suppressed) {
         log.info({ queueId: message.id, reason: suppressed, recipients: wanted.length }, 'no delivery report sent');
         return { sent: false, reason: suppressed };
@@ -77,3 +79,15 @@ export function createReporter(config: Pick<Config, 'SMTP_HOSTNAME'>, store: Pic
 }
 
 export type Reporter = ReturnType<typeof createReporter>;
+
+/**
+ * The queue id of the report about `messageId` for these recipients: the usual 17-character form,
+ * derived rather than random, so a report queued twice (the deliverer crashed between queueing it
+ * and recording the outcome) is stored once: the spool's put is idempotent on the id.
+ */
+export function reportId(messageId: string, receivedAt: number, kind: string, recipients: readonly string[]): string {
+  const time = receivedAt.toString(32).toUpperCase().padStart(9, '0').slice(-9);
+  const digest = createHash('sha256').update([messageId, kind, ...[...recipients].sort()].join('\n')).digest();
+  const random = digest.readUIntBE(0, 5).toString(32).toUpperCase().padStart(8, '0');
+  return `${time}${random}`;
+}

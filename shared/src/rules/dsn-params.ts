@@ -4,7 +4,7 @@
  * ORCPT without `addr-type;`, and decodes xtext; what it leaves to us are the length limits.
  */
 import type { SmtpReply } from './smtp-reply.ts';
-import type { Envelope, RecipientDsn } from '../types.ts';
+import type { Envelope, RecipientDsn } from './envelope.ts';
 
 /** RFC 3461 4.4 and 4.2: ENVID at most 100 characters, ORCPT at most 500. */
 export const MAX_ENVID = 100;

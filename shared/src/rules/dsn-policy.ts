@@ -1,10 +1,12 @@
 /**
  * When a delivery status notification (RFC 3464) is sent, and what it says: pure rules.
  */
-import { createHash } from 'node:crypto';
-import type { Buffer } from 'node:buffer';
-import { parseHeaders } from '../mail/message.ts';
-import type { Envelope } from '../types.ts';
+import type { Envelope } from './envelope.ts';
+
+/** The header fields of a message, as mail/message.ts parses them (first value, '' when absent). */
+export interface HeaderFields {
+  getFirst(name: string): string;
+}
 
 /** RFC 3464 2.3.3 actions we report. */
 export type ReportAction = 'failed' | 'delayed' | 'relayed';
@@ -41,9 +43,8 @@ export function wantsReport(notify: readonly string[] | null, action: ReportActi
  * (RFC 5321 6.1: reports are not reported), an Auto-Submitted message other than `no` (RFC 3834),
  * or a message that is itself a report (multipart/report).
  */
-export function reportSuppressed(mailFrom: string, raw: Buffer): string | null {
+export function reportSuppressed(mailFrom: string, headers: HeaderFields | null): string | null {
   if (mailFrom === '') return 'null sender';
-  const headers = parseHeaders(raw);
   if (!headers) return null;
   const auto = headers.getFirst('auto-submitted').split(';')[0]?.trim().toLowerCase() ?? '';
   if (auto !== '' && auto !== 'no') return `Auto-Submitted: ${auto}`;
@@ -70,16 +71,4 @@ export function statusOf(reply: string | null | undefined, fallback: string): st
 /** Is this recorded reply an SMTP reply of a remote host (`smtp;` diagnostic) rather than our own text? */
 export function isSmtpReply(reply: string | null | undefined): boolean {
   return /^[245]\d\d[ -]/.test((reply ?? '').trim());
-}
-
-/**
- * The queue id of the report about `messageId` for these recipients: the usual 17-character form,
- * derived rather than random, so a report queued twice (the deliverer crashed between queueing it
- * and recording the outcome) is stored once: the spool's put is idempotent on the id.
- */
-export function reportId(messageId: string, receivedAt: number, kind: string, recipients: readonly string[]): string {
-  const time = receivedAt.toString(32).toUpperCase().padStart(9, '0').slice(-9);
-  const digest = createHash('sha256').update([messageId, kind, ...[...recipients].sort()].join('\n')).digest();
-  const random = digest.readUIntBE(0, 5).toString(32).toUpperCase().padStart(8, '0');
-  return `${time}${random}`;
 }

@@ -7,7 +7,12 @@
  * - A result resets the opposite counter.
  * - A transition is reported only when the state changes.
  */
-import type { ProbeResult } from '../../../services/health/src/probe.ts';
+import type { TlsFacts } from './next-hop-tls.ts';
+
+/** What one SMTP probe of a target found (services/health/src/probe.ts makes it). */
+export type ProbeResult =
+  | { ok: true; latencyMs: number; greeting: string; tls?: TlsFacts }
+  | { ok: false; latencyMs: number; error: string };
 
 export type TargetStatus = 'unknown' | 'up' | 'down';
 

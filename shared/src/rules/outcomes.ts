@@ -1,4 +1,4 @@
-import type { Outcome } from '../types.ts';
+import type { Outcome } from './envelope.ts';
 
 /** The parts of nodemailer's result and error we read. */
 export interface SendResult {

@@ -1,4 +1,3 @@
-import { domainToASCII } from 'node:url';
 import { splitAddress } from './address.ts';
 import type { SmtpReply } from './smtp-reply.ts';
 
@@ -32,6 +31,20 @@ export function asciiAddress(address: string): string {
   if (at <= 0 || at === address.length - 1 || address.endsWith(']')) return address;
   const domain = address.slice(at + 1);
   if (/^[\x21-\x7e]+$/.test(domain)) return address;
-  const ascii = domainToASCII(domain);
+  const ascii = domainToAscii(domain);
   return ascii ? `${address.slice(0, at)}@${ascii}` : address;
+}
+
+/**
+ * A domain's ASCII form (IDNA, UTS #46) by the WHATWG URL host parser, which every runtime has
+ * (as Node's url.domainToASCII): '' when it has none. Characters that would end a URL's host are
+ * refused first, so only the domain itself is parsed.
+ */
+function domainToAscii(domain: string): string {
+  if (/[\s/?#:@\\%[\]]/.test(domain)) return '';
+  try {
+    return new URL(`http://${domain}/`).hostname;
+  } catch {
+    return '';
+  }
 }

@@ -1,5 +1,5 @@
 import { splitAddress } from './address.ts';
-import { formatTarget, parseTarget, type Config, type Target } from '../runtime/config.ts';
+import { formatTarget, parseTarget, type Target } from './target.ts';
 
 /**
  * A route is where the deliveries of a domain are queued and claimed:
@@ -8,7 +8,12 @@ import { formatTarget, parseTarget, type Config, type Target } from '../runtime/
  * - `mx:<domain>`: the domain's DNS MX hosts, looked up by the deliverer at each attempt
  *   (PRIMARY=mx, and mail to other domains, such as delivery reports, without SMARTHOST).
  */
-export type RoutingConfig = Pick<Config, 'PRIMARY' | 'domains'> & Partial<Pick<Config, 'RELAY_DOMAINS' | 'SMARTHOST'>>;
+export interface RoutingConfig {
+  PRIMARY: readonly string[];
+  domains: Readonly<Record<string, { PRIMARY?: readonly string[] | undefined }>>;
+  RELAY_DOMAINS?: readonly string[] | undefined;
+  SMARTHOST?: string | undefined;
+}
 
 const MX_PREFIX = 'mx:';
 

@@ -8,13 +8,11 @@ import { normalizeDomain } from '../rules/address.ts';
 import { parseCidr, type Cidr } from '../rules/ip.ts';
 import { parsePin, TLS_LEVELS } from '../rules/next-hop-tls.ts';
 import { pemCertificates } from '../mail/peer-tls.ts';
+import { tlsPairProblem } from './tls-pair.ts';
 import { parsePasswordHash } from '../rules/password-hash.ts';
+import { parseTarget } from '../rules/target.ts';
 
-/** Next-hop target: `host[:port]`, port 25 by default. */
-export interface Target {
-  host: string;
-  port: number;
-}
+export { formatTarget, parseTarget, type Target } from '../rules/target.ts';
 
 const list = (value: unknown) =>
   typeof value === 'string' ? value.split(',').map((item) => item.trim()).filter((item) => item !== '') : value;
@@ -218,8 +216,11 @@ export const configSchema = z.strictObject({
     (value) => (typeof value === 'string' ? (parseDuration(value) ?? value) : value),
     z.number({ error: 'expected a duration such as 0, 100ms or 1s' }).min(0),
   ).default(0),
-  /** How long a deliverer holds a claimed delivery before another may take it. */
-  DELIVERY_LEASE: duration.default(300_000),
+  /**
+   * A claim's lease, renewed every quarter of it while the attempt runs: how long a killed
+   * deliverer's deliveries wait before another deliverer takes them.
+   */
+  DELIVERY_LEASE: duration.refine((ms) => ms >= 1000, 'expected at least 1s (renewed every quarter of it)').default(20_000),
   /** Connections a deliverer opens to one next hop at once. */
   DELIVERY_CONCURRENCY: integer(1, 100).default(5),
   /** Webhook URLs (comma separated) that get a JSON POST when a primary goes down or up and when mail waits too long. */
@@ -304,6 +305,19 @@ export const configSchema = z.strictObject({
   if (config.MEMORY_BUDGET < config.MAX_MESSAGE_SIZE) ctx.addIssue({ code: 'custom', path: ['MEMORY_BUDGET'], message: `must be at least MAX_MESSAGE_SIZE (${config.MAX_MESSAGE_SIZE}), or no message of the largest size could ever be taken` });
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
+  if (config.TLS_CERT && config.TLS_KEY) {
+    // Checked here, not by building a TLS context: Deno's createSecureContext accepts a mismatched pair.
+    const read = (path: string) => {
+      try {
+        return readFileSync(path);
+      } catch {
+        return null; // already reported: "cannot read file"
+      }
+    };
+    const [cert, key] = [read(config.TLS_CERT), read(config.TLS_KEY)];
+    const problem = cert && key ? tlsPairProblem(cert, key) : null;
+    if (problem) ctx.addIssue({ code: 'custom', path: [problem.key], message: `${problem.key === 'TLS_CERT' ? config.TLS_CERT : config.TLS_KEY} ${problem.message}` });
+  }
   for (const [domain, settings] of Object.entries(config.domains)) {
     const primary = settings.PRIMARY ?? config.PRIMARY;
     if (settings.VERIFY_RECIPIENTS && primary.length === 1 && primary[0]?.toLowerCase() === 'mx') {
@@ -334,19 +348,6 @@ export function listenError(key: string, host: string, port: number, error: Node
   if (error.code === 'EACCES') return new ConfigError(`${key}: no permission to listen on ${where} (ports below 1024 need privileges)`);
   if (error.code === 'EADDRNOTAVAIL') return new ConfigError(`${key}: ${host} is not an address of this host`);
   return error;
-}
-
-export function parseTarget(text: string): Target | null {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?$/.exec(text.trim());
-  if (!match) return null;
-  const host = match[1] ?? match[2] ?? '';
-  const portNumber = match[3] === undefined ? 25 : Number(match[3]);
-  if (host === '' || portNumber < 1 || portNumber > 65535) return null;
-  return { host, port: portNumber };
-}
-
-export function formatTarget(target: Target): string {
-  return `${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}`;
 }
 
 const KEYS = new Set(Object.keys(configSchema.shape));

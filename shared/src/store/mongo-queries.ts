@@ -87,9 +87,17 @@ export function claimFilter(o: ClaimOptions): Doc {
   return filter;
 }
 
-/** Lease to `owner` until now + leaseMs; `token` marks the documents this one claim call took. */
+/**
+ * Lease to `owner` until now + leaseMs; `token` marks the documents this one claim call took. Due
+ * at `now` at the latest: a lease that ends unsettled returns the delivery at once.
+ */
 export function leaseUpdate(o: ClaimOptions, token: string): Doc {
-  return { $set: { leaseOwner: o.owner, leaseUntil: o.now + o.leaseMs, leaseToken: token } };
+  return { $set: { leaseOwner: o.owner, leaseUntil: o.now + o.leaseMs, leaseToken: token }, $min: { nextAttemptAt: o.now } };
+}
+
+/** A message's deliveries still leased to `owner` (queued or held): what renew extends and settle changes. */
+export function leasedTo(messageId: string, owner: string): Doc {
+  return { messageId, state: { $in: ['queued', 'held'] }, leaseOwner: owner };
 }
 
 /** Oldest message first; one message's routes in a stable order. */

@@ -22,10 +22,10 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GridFSBucket, MongoBulkWriteError, MongoClient, ObjectId, type Db, type Filter } from 'mongodb';
 import type { Logger } from '../runtime/logger.ts';
-import { bulkChange, CLAIM_ORDER, claimFilter, deliveryDocs, deliveryMatch, hasWritableServer, leaseUpdate, listFilter, listOrder, notTaken, type DeliveryDoc } from './mongo-queries.ts';
+import { bulkChange, CLAIM_ORDER, claimFilter, deliveryDocs, deliveryMatch, hasWritableServer, leasedTo, leaseUpdate, listFilter, listOrder, notTaken, type DeliveryDoc } from './mongo-queries.ts';
 import { prepareMongoSchema } from './mongo-schema.ts';
 import { StoreSchemaError } from './schema-version.ts';
-import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type LeaseRef, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 import { ConfigError } from '../runtime/config.ts';
 
@@ -244,6 +244,16 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
       return claimed;
     },
 
+    async renew(leases: LeaseRef[], until: number): Promise<LeaseRef[]> {
+      assertOpen();
+      const held: LeaseRef[] = [];
+      for (const lease of leases) {
+        const { matchedCount } = await deliveries.updateMany(leasedTo(lease.messageId, lease.owner), { $set: { leaseUntil: until } });
+        if (matchedCount > 0) held.push(lease);
+      }
+      return held;
+    },
+
     async settle(messageId: string, owner: string, outcomes: Outcome[], now: number): Promise<void> {
       assertOpen();
       const recorded: AttemptDoc[] = [];
@@ -252,7 +262,7 @@ export async function openMongoStore(url: string, log: Logger, options: { retent
         const $set = o.result === 'deferred' ? { ...record, nextAttemptAt: o.nextAttemptAt } : { ...record, state: o.result, settledAt: now };
         // A held delivery may still be leased by the deliverer that had it in flight: its outcome counts.
         const { matchedCount } = await deliveries.updateOne(
-          { messageId, recipient: o.recipient, state: { $in: PENDING }, leaseOwner: owner },
+          { ...leasedTo(messageId, owner), recipient: o.recipient },
           { $set, $inc: { attempts: 1 } },
         );
         if (matchedCount > 0) recorded.push({ messageId, recipient: o.recipient, at: now, nextHop: o.nextHop ?? null, result: o.result, reply: o.reply });

@@ -9,11 +9,14 @@
  *      deliveries were deleted.
  *   2  0.1.0: the envelope with DSN parameters, trace context, attempt history, records kept for
  *      RECORD_RETENTION, holds, delay notices, the cache.
+ *   3  bodies over 1 MiB are kept in parts (body_parts), their `bodies` row empty (issue 9: a
+ *      large message is never one SQLite row, which SQLite builds whole in memory). A build of
+ *      format 2 would read such a body as empty, so it is refused the file.
  */
 import type { DatabaseSync } from 'node:sqlite';
 import { type Migration, StoreSchemaError, migrationPath } from './schema-version.ts';
 
-export const SQLITE_SCHEMA_VERSION = 2;
+export const SQLITE_SCHEMA_VERSION = 3;
 
 /** The current format, for a new file (and the tables and indexes a migration may still lack). */
 export const SCHEMA = `
@@ -30,6 +33,12 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS bodies (
   message_id TEXT PRIMARY KEY,
   body       BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS body_parts (
+  message_id TEXT NOT NULL,
+  seq        INTEGER NOT NULL,
+  part       BLOB NOT NULL,
+  PRIMARY KEY (message_id, seq)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
   message_id      TEXT NOT NULL,
@@ -87,6 +96,13 @@ const MIGRATIONS: Migration<DatabaseSync>[] = [
         UPDATE deliveries SET settled_at = COALESCE(last_attempt_at, next_attempt_at) WHERE state = 'failed';
         DELETE FROM bodies WHERE message_id NOT IN (SELECT message_id FROM deliveries WHERE state = 'queued');
       `);
+    },
+  },
+  {
+    from: 2,
+    what: 'large bodies may be kept in parts (table body_parts)',
+    up(db) {
+      db.exec('CREATE TABLE IF NOT EXISTS body_parts (message_id TEXT NOT NULL, seq INTEGER NOT NULL, part BLOB NOT NULL, PRIMARY KEY (message_id, seq))');
     },
   },
 ];

@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import type { Logger } from '../runtime/logger.ts';
 import { groupCommit } from './group-commit.ts';
 import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
-import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
+import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, type LeaseRef, type ListFilter, type MessageDetail, type MessageSummary, type QueueStats, type Store, routedRecipients } from './store.ts';
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
@@ -25,6 +25,9 @@ const BUSY_TIMEOUT_MS = 10_000;
 const SETTLE_WITHIN_MS = 10;
 /** Messages changed per transaction by bulk(). */
 const BULK_CHUNK = 500;
+/** Bodies larger than this are stored in parts of this size (see insertBody). */
+export const BODY_PART_SIZE = 1024 * 1024;
+const EMPTY = Buffer.alloc(0);
 const MESSAGE_COLUMNS = 'id, mail_from, recipients, envelope, size, received_at, trace, delay_warned_at';
 const DELIVERY_COLUMNS =
   'message_id, recipient, route, state, attempts, next_attempt_at, last_attempt_at, last_reply, last_next_hop, settled_at';
@@ -141,6 +144,10 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       `INSERT OR IGNORE INTO messages (${MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`,
     ),
     insertBody: db.prepare('INSERT INTO bodies (message_id, body) VALUES (?, ?)'),
+    insertPart: db.prepare('INSERT INTO body_parts (message_id, seq, part) VALUES (?, ?, ?)'),
+    part: db.prepare('SELECT part FROM body_parts WHERE message_id = ? AND seq = ?'),
+    partCount: db.prepare('SELECT COUNT(*) AS n FROM body_parts WHERE message_id = ?'),
+    deleteParts: db.prepare('DELETE FROM body_parts WHERE message_id = ?'),
     insertDelivery: db.prepare(
       `INSERT INTO deliveries (message_id, recipient, route, state, attempts, next_attempt_at)
        VALUES (?, ?, ?, 'queued', 0, ?)`,
@@ -159,9 +166,13 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
        GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id, d.route LIMIT :limit`,
     ),
     lease: db.prepare(
-      `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil
+      `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil, next_attempt_at = MIN(d.next_attempt_at, :now)
        WHERE d.message_id = :messageId AND d.route = :route AND ${CLAIMABLE}
        RETURNING ${DELIVERY_COLUMNS}`,
+    ),
+    renew: db.prepare(
+      `UPDATE deliveries SET lease_until = :until
+       WHERE message_id = :messageId AND lease_owner = :owner AND state IN ('queued', 'held')`,
     ),
     message: db.prepare(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE id = ?`),
     deliveries: db.prepare(`SELECT ${DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?`),
@@ -245,8 +256,36 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     return inRecipientOrder(message, rows.map(toDelivery));
   }
 
-  function deleteMessage(id: string): boolean {
+  function deleteBody(id: string): void {
     q.deleteBody.run(id);
+    q.deleteParts.run(id);
+  }
+
+  /**
+   * A body larger than BODY_PART_SIZE is kept in parts (body_parts, its `bodies` row empty): SQLite
+   * builds each row whole in memory, twice, so a 25 MB blob cost 50 MB more at put and again at
+   * readBody; parts cost one part.
+   */
+  function insertBody(id: string, body: Buffer): void {
+    if (body.length <= BODY_PART_SIZE) return void q.insertBody.run(id, body);
+    q.insertBody.run(id, EMPTY);
+    for (let seq = 0; seq * BODY_PART_SIZE < body.length; seq++) {
+      q.insertPart.run(id, seq, body.subarray(seq * BODY_PART_SIZE, (seq + 1) * BODY_PART_SIZE));
+    }
+  }
+
+  /** The parts of a body, read one at a time as the reader asks for them. */
+  function* bodyParts(id: string, count: number): Generator<Buffer> {
+    for (let seq = 0; seq < count; seq++) {
+      if (!open) throw new Error('sqlite store is closed');
+      const row = q.part.get(id, seq) as { part: Uint8Array } | undefined;
+      if (!row) throw new Error(`message ${id} has no body any more: every delivery is delivered or failed`);
+      yield Buffer.from(row.part.buffer, row.part.byteOffset, row.part.byteLength);
+    }
+  }
+
+  function deleteMessage(id: string): boolean {
+    deleteBody(id);
     q.deleteDeliveries.run(id);
     q.deleteAttempts.run(id);
     return Number(q.deleteMessage.run(id).changes) > 0;
@@ -271,7 +310,7 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
           JSON.stringify(mail.trace ?? {}),
         );
         if (Number(inserted.changes) === 0) return false;
-        q.insertBody.run(mail.id, mail.body);
+        insertBody(mail.id, mail.body);
         for (const r of recipients) q.insertDelivery.run(mail.id, r, routes[r] as string, mail.receivedAt);
         return true;
       });
@@ -301,6 +340,12 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       });
     },
 
+    async renew(leases: LeaseRef[], until: number): Promise<LeaseRef[]> {
+      assertOpen();
+      if (leases.length === 0) return [];
+      return tx(() => leases.filter((lease) => Number(q.renew.run({ messageId: lease.messageId, owner: lease.owner, until }).changes) > 0));
+    },
+
     async settle(messageId: string, owner: string, outcomes: Outcome[], now: number): Promise<void> {
       assertOpen();
       await group.write(() => {
@@ -314,7 +359,7 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
             q.insertAttempt.run(messageId, o.recipient, now, o.nextHop ?? null, o.result, o.reply);
           }
         }
-        if ((q.pending.get(messageId) as { n: number }).n === 0) q.deleteBody.run(messageId);
+        if ((q.pending.get(messageId) as { n: number }).n === 0) deleteBody(messageId);
       }, SETTLE_WITHIN_MS);
     },
 
@@ -322,12 +367,13 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       assertOpen();
       const row = tx(() => {
         const found = q.body.get(messageId) as { body: Uint8Array } | undefined;
-        if (found) return found;
+        if (found) return { ...found, parts: found.body.byteLength === 0 ? Number((q.partCount.get(messageId) as { n: number }).n) : 0 };
         if (readMessage(messageId)) {
           throw new Error(`message ${messageId} has no body any more: every delivery is delivered or failed`);
         }
         throw new Error(`message ${messageId} is not in the store`);
       }, 'DEFERRED');
+      if (row.parts > 0) return Readable.from(bodyParts(messageId, row.parts), { objectMode: false });
       const body = Buffer.from(row.body.buffer, row.body.byteOffset, row.body.byteLength);
       return Readable.from([body], { objectMode: false });
     },

@@ -13,9 +13,20 @@ export interface ClaimOptions {
   /** Only deliveries of messages received before this time, due or not (queue lifetime expiry). */
   receivedBefore?: number;
   leaseMs: number;
+  /**
+   * The lease's holder, and its fencing token: settle and renew change only deliveries still leased
+   * to it. A deliverer takes a fresh owner for every claim call, so an attempt whose lease ended and
+   * went to a later claim (another deliverer's, or its own) can neither renew nor settle it.
+   */
   owner: string;
   /** Maximum number of messages returned. */
   limit: number;
+}
+
+/** One claimed message's lease: its id and the claim's owner. */
+export interface LeaseRef {
+  messageId: string;
+  owner: string;
 }
 
 export interface QueueStats {
@@ -97,9 +108,18 @@ export interface Store {
    * Lease claimable queued deliveries to `owner` until now + leaseMs, grouped by message, oldest
    * message first. Claimable: state queued, not leased by anyone (or lease expired), due (or the
    * flush / expiry options). Two concurrent claims never return the same delivery. Held, delivered
-   * and failed deliveries are never claimed.
+   * and failed deliveries are never claimed. A claimed delivery is due at `now` at the latest, so
+   * that should its lease end unsettled (a deliverer killed mid-attempt) it is claimable at once,
+   * not at the retry time it had.
    */
   claim(options: ClaimOptions): Promise<ClaimedMessage[]>;
+  /**
+   * Extend leases while their attempts run (the deliverer's heartbeat): the queued or held
+   * deliveries of each message still leased to that owner are leased until `until`. Returns the
+   * leases that still hold a delivery; one settled, or taken over by another claim after it ended,
+   * is not renewed and not returned.
+   */
+  renew(leases: LeaseRef[], until: number): Promise<LeaseRef[]>;
   /**
    * Record the outcome of an attempt for recipients of one message, and release their lease.
    * Only deliveries still leased by `owner` are changed. Each outcome adds an AttemptRecord.

@@ -1,5 +1,5 @@
 import { Buffer } from 'node:buffer';
-import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import express, { type ErrorRequestHandler, type NextFunction, type Request, type Response, type Router } from 'express';
 import helmet from 'helmet';
 import { z } from 'zod';
@@ -103,7 +103,7 @@ export function consoleRouter(deps: ConsoleDeps): Router {
     }),
   );
   router.use(walls({ names, publicOrigins, json: false, refuse }));
-  router.use('/assets', express.static(join(import.meta.dirname, 'assets'), { index: false, fallthrough: false, maxAge: '1h' }));
+  router.use('/assets', express.static(fileURLToPath(new URL('assets', import.meta.url)), { index: false, fallthrough: false, maxAge: '1h' }));
   router.use(express.urlencoded({ extended: false, limit: '4mb', parameterLimit: 200_000 }));
 
   /** Is a stored session still backed by the configuration (token or password unchanged, still local)? */
