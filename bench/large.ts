@@ -24,11 +24,12 @@ const { values: args } = parseArgs({
     mode: { type: 'string', default: 'both' },
     keep: { type: 'boolean', default: false },
     'node-options': { type: 'string', default: '' },
+    env: { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', default: false },
   },
 });
 if (args.help) {
-  console.log('usage: npm run bench:large -- [--mode one|rabbit|both] [--size 25000000] [--node-options "--heapsnapshot-signal=SIGUSR2"] [--keep]');
+  console.log('usage: npm run bench:large -- [--mode one|rabbit|both] [--size 25000000] [--env KEY=VALUE ...] [--node-options "--heapsnapshot-signal=SIGUSR2"] [--keep]');
   process.exit(0);
 }
 const SIZE = Number(args.size);
@@ -111,6 +112,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Row[]> {
       PROBE_INTERVAL: '1s',
       ...(vhost ? { AMQP_URL: vhost.url } : {}),
       ...(args['node-options'] ? { NODE_OPTIONS: args['node-options'] } : {}),
+      ...Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)])),
     };
     for (const entry of mode === 'one' ? (['all'] as const) : (['spool', 'health', 'deliverer', 'ingress'] as const)) {
       const service = spawnService(entry === 'all' ? 'backupmx' : entry, entry, { ...env, HTTP_PORT: String(await freePort()) }, join(dir.path, 'logs'));

@@ -93,3 +93,44 @@ describe('spool while the store is not ready', () => {
     }
   });
 });
+
+describe('spool while DATA_DIR is below DISK_HEADROOM (four services, SQLite)', () => {
+  const vhost = createVhost();
+  const dir = tempDir();
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, new Writable({ write: (chunk, _enc, done) => void (lines.push(String(chunk)), done()) }));
+  let store: Store;
+  let low = true;
+  const disk = { threshold: 2_000_000, free: () => (low ? 1_000 : 10_000_000), low: () => low };
+  const broker = createAmqpBroker({ url: vhost.url, name: 'spool-disk-test', confirmTimeoutMs: 5000, log });
+
+  before(async () => {
+    store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
+    await broker.start();
+    await waitFor('RabbitMQ', () => broker.connected());
+    const config = loadConfig({ RELAY_DOMAINS: 'example.test', PRIMARY: '127.0.0.1:2' });
+    await broker.consumeMail(createSpoolHandler(config, store, broker, log, 200, disk), PREFETCH);
+  });
+
+  after(async () => {
+    await broker.close();
+    await store.close();
+    vhost.remove();
+    dir.remove();
+  });
+
+  it('leaves new mail in RabbitMQ, saying why, and stores it once there is room again', async () => {
+    const mail = {
+      id: 'DISK0001',
+      envelope: { mailFrom: 'sender@origin.test', rcptTo: ['user@example.test'] },
+      body: Buffer.from('Subject: waiting for room\r\n\r\nbody\r\n'),
+      receivedAt: Date.now(),
+    };
+    await broker.publishMail(mail);
+    await waitFor('the spool to say why it waits', () => lines.some((line) => line.includes('DATA_DIR is below DISK_HEADROOM (1000 bytes free, 2000000 kept') && line.includes(mail.id)), 20_000);
+    assert.equal(await store.getMessage(mail.id), null, 'nothing written while the disk is short');
+    low = false;
+    const stored = await waitFor('the message stored once there is room', () => store.getMessage(mail.id), 20_000);
+    assert.deepEqual(stored.deliveries.map((d) => [d.recipient, d.state]), [['user@example.test', 'queued']]);
+  });
+});

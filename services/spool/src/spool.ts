@@ -8,6 +8,7 @@ import type { ReceivedMail } from '@backupmx/shared/types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import { messagesDeadLettered } from '@backupmx/shared/runtime/metrics.ts';
+import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
 
 const tracer = trace.getTracer('backupmx-spool');
 
@@ -20,12 +21,16 @@ export const PREFETCH = 64;
  */
 export const STORE_WAIT_MS = 10_000;
 
-/** Whether the store is ready, waiting up to `waitMs` for it to become so. */
-async function storeReady(store: Store, waitMs: number): Promise<boolean> {
-  for (const deadline = Date.now() + waitMs; !store.ready(); await sleep(250)) {
-    if (Date.now() >= deadline) return false;
+/**
+ * Whether the store can take the message, waiting up to `waitMs` for it: ready, and (SQLite) its
+ * DATA_DIR not below DISK_HEADROOM. Null when it can; otherwise why not.
+ */
+async function storeReady(store: Store, waitMs: number, disk: DiskHeadroom | null): Promise<string | null> {
+  const why = () => (!store.ready() ? 'the store is not ready (MongoDB unreachable?)' : disk?.low() ? `DATA_DIR is below DISK_HEADROOM (${disk.free()} bytes free, ${disk.threshold} kept for the queue's own writes)` : null);
+  for (const deadline = Date.now() + waitMs; ; await sleep(250)) {
+    const reason = why();
+    if (reason === null || Date.now() >= deadline) return reason;
   }
-  return true;
 }
 
 /**
@@ -34,7 +39,7 @@ async function storeReady(store: Store, waitMs: number): Promise<boolean> {
  * A message that does not start with a header section is dead-lettered, never dropped. While the
  * store is not ready the handler throws (after waiting up to storeWaitMs): nothing is acknowledged.
  */
-export function createSpoolHandler(config: RoutingConfig, store: Store, broker: Broker, log: Logger, storeWaitMs = STORE_WAIT_MS) {
+export function createSpoolHandler(config: RoutingConfig, store: Store, broker: Broker, log: Logger, storeWaitMs = STORE_WAIT_MS, disk: DiskHeadroom | null = null) {
   return async function storeMail(mail: ReceivedMail): Promise<MailDisposition> {
     const parent = propagation.extract(context.active(), mail.trace ?? {});
     return tracer.startActiveSpan('spool.store', { attributes: { 'backupmx.queue_id': mail.id, 'backupmx.recipients': mail.envelope.rcptTo.length } }, parent, async (span) => {
@@ -45,9 +50,10 @@ export function createSpoolHandler(config: RoutingConfig, store: Store, broker: 
           span.setAttribute('backupmx.dead_lettered', true);
           return 'dead';
         }
-        if (!(await storeReady(store, storeWaitMs))) {
+        const notNow = await storeReady(store, storeWaitMs, disk);
+        if (notNow) {
           // Thrown, not acknowledged: the broker holds the message and tries again later.
-          throw new Error('the store is not ready (MongoDB unreachable?); leaving the message in RabbitMQ');
+          throw new Error(`${notNow}; leaving the message in RabbitMQ`);
         }
         const routes: Record<string, string> = {};
         for (const recipient of mail.envelope.rcptTo) routes[recipient] = routeForRecipient(recipient, config);
@@ -66,6 +72,7 @@ export function createSpoolHandler(config: RoutingConfig, store: Store, broker: 
   };
 }
 
-export async function startSpool(config: Config, store: Store, broker: Broker, log: Logger): Promise<void> {
-  await broker.consumeMail(createSpoolHandler(config, store, broker, log), PREFETCH);
+/** `disk`: DISK_HEADROOM of the SQLite store's DATA_DIR; while below it, mail waits in RabbitMQ (the deliverers still drain the spool). */
+export async function startSpool(config: Config, store: Store, broker: Broker, log: Logger, disk: DiskHeadroom | null = null): Promise<void> {
+  await broker.consumeMail(createSpoolHandler(config, store, broker, log, STORE_WAIT_MS, disk), PREFETCH);
 }

@@ -41,8 +41,8 @@ export function createDiskHeadroom(dir: string, threshold: number, spare: () => 
 }
 
 /** What /readyz says about it: why new mail is refused, when it is. */
-export function diskDetail(disk: DiskHeadroom): Record<string, string> {
+export function diskDetail(disk: DiskHeadroom, consequence = 'refusing new mail (452 4.3.1)'): Record<string, string> {
   const free = disk.free();
   if (free === null || free >= disk.threshold) return {};
-  return { disk: `refusing new mail (452 4.3.1): ${free} bytes free in DATA_DIR, below DISK_HEADROOM ${disk.threshold}; the queue still drains` };
+  return { disk: `${consequence}: ${free} bytes free in DATA_DIR, below DISK_HEADROOM ${disk.threshold}; the queue still drains` };
 }
