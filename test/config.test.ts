@@ -30,11 +30,12 @@ describe('config: DELIVERY_LEASE', () => {
 });
 
 describe('config: MEMORY_BUDGET and DISK_HEADROOM', () => {
-  it('default to 100 MiB (at least MAX_MESSAGE_SIZE) and twice MAX_MESSAGE_SIZE', () => {
+  it('default to 100 MiB (at least MAX_MESSAGE_SIZE) and twice MAX_MESSAGE_SIZE (at least 16 MiB)', () => {
     assert.equal(memoryBudget(loadConfig(BASE)), 104_857_600);
     assert.equal(memoryBudget(loadConfig({ ...BASE, MAX_MESSAGE_SIZE: '209715200' })), 209_715_200);
     assert.equal(diskHeadroom(loadConfig(BASE)), 52_428_800);
     assert.equal(diskHeadroom(loadConfig({ ...BASE, DISK_HEADROOM: '0' })), 0);
+    assert.equal(diskHeadroom(loadConfig({ ...BASE, MAX_MESSAGE_SIZE: '1048576' })), 16 * 1024 * 1024, 'never less than SQLite needs for its journal');
   });
 
   it('refuse a MEMORY_BUDGET below MAX_MESSAGE_SIZE and values that are not byte counts, naming the key', () => {

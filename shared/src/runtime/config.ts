@@ -193,7 +193,7 @@ export const configSchema = z.strictObject({
   MAX_MESSAGE_SIZE: integer(1024, 2 ** 31).default(26_214_400),
   /** Message bytes held in memory across all SMTP sessions; a DATA that would exceed it: 452 4.3.1. */
   MEMORY_BUDGET: integer(1024, 2 ** 40).optional(),
-  /** Refuse new mail (452 4.3.1) while DATA_DIR has less free space; unset: twice MAX_MESSAGE_SIZE; 0: never. */
+  /** Refuse new mail (452 4.3.1) while DATA_DIR has less free space; unset: twice MAX_MESSAGE_SIZE, at least 16 MiB; 0: never. */
   DISK_HEADROOM: integer(0, 2 ** 50).optional(),
   MAX_RECIPIENTS: integer(1, 100_000).default(100),
   QUEUE_LIFETIME: duration.default(5 * 86_400_000),
@@ -333,9 +333,12 @@ export function memoryBudget(config: Pick<Config, 'MEMORY_BUDGET' | 'MAX_MESSAGE
   return config.MEMORY_BUDGET ?? Math.max(104_857_600, config.MAX_MESSAGE_SIZE);
 }
 
-/** DISK_HEADROOM in bytes: as set, or twice MAX_MESSAGE_SIZE (room for the queue's own writes and a message in flight). */
+/**
+ * DISK_HEADROOM in bytes: as set, or twice MAX_MESSAGE_SIZE (room for the queue's own writes and a
+ * message in flight), and never less than 16 MiB by default (SQLite's WAL and its checkpoints).
+ */
 export function diskHeadroom(config: Pick<Config, 'DISK_HEADROOM' | 'MAX_MESSAGE_SIZE'>): number {
-  return config.DISK_HEADROOM ?? 2 * config.MAX_MESSAGE_SIZE;
+  return config.DISK_HEADROOM ?? Math.max(2 * config.MAX_MESSAGE_SIZE, 16 * 1024 * 1024);
 }
 
 /** Thrown for a bad configuration; the message is one line naming the key. */

@@ -138,8 +138,6 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     part: db.prepare('SELECT part FROM body_parts WHERE message_id = ? AND seq = ?'),
     partCount: db.prepare('SELECT COUNT(*) AS n FROM body_parts WHERE message_id = ?'),
     deleteParts: db.prepare('DELETE FROM body_parts WHERE message_id = ?'),
-    freePages: db.prepare('PRAGMA freelist_count'),
-    pageSize: db.prepare('PRAGMA page_size'),
     insertDelivery: db.prepare(
       `INSERT INTO deliveries (message_id, recipient, route, state, attempts, next_attempt_at)
        VALUES (?, ?, ?, 'queued', 0, ?)`,
@@ -523,8 +521,8 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
 
     spareBytes(): number {
       if (!open || !db.isOpen) return 0;
-      const pages = q.freePages.get() as { freelist_count: number };
-      const size = q.pageSize.get() as { page_size: number };
+      const pages = db.prepare('PRAGMA freelist_count').get() as { freelist_count: number };
+      const size = db.prepare('PRAGMA page_size').get() as { page_size: number };
       return Number(pages.freelist_count) * Number(size.page_size);
     },
 
