@@ -40,6 +40,7 @@ const { values: args } = parseArgs({
     reuse: { type: 'boolean', default: false },
     tools: { type: 'string', default: 'auto' },
     keep: { type: 'boolean', default: false },
+    profile: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -52,7 +53,9 @@ if (args.help) {
   --reuse           keep connections open between messages (smtp-source -d); default: one message per connection
   --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
   --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
-  --keep            keep the temporary directory (logs, spool, sink dump) and print its path`);
+  --keep            keep the temporary directory (logs, spool, sink dump) and print its path
+  --profile DIR     write a V8 CPU profile of each of our processes into DIR (node --cpu-prof);
+                    summarise with: node bench/profile-summary.ts DIR/*.cpuprofile`);
   process.exit(0);
 }
 
@@ -262,6 +265,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       HTTP_HOST: '127.0.0.1',
       ...(GREETING_DELAY !== undefined ? { GREETING_DELAY } : {}),
       ...(vhost ? { AMQP_URL: vhost.url } : {}),
+      ...(args.profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${args.profile}` } : {}),
     };
     const entries = mode === 'one' ? (['all'] as const) : (['spool', 'health', 'deliverer', 'ingress'] as const);
     for (const entry of entries) {

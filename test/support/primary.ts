@@ -49,6 +49,9 @@ export async function startPrimary(options: { host?: string; port?: number; reje
       });
     },
   });
+  // A client that vanishes mid-session (a deliverer killed with SIGKILL) resets its connection:
+  // smtp-server reports that as an 'error' event, which a real primary shrugs off.
+  server.on('error', () => {});
   await new Promise<void>((resolve, reject) => {
     server.server.once('error', reject);
     server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => resolve());

@@ -124,29 +124,50 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
     });
   }
 
+  /**
+   * One delivery run for a route: a pipeline, not waves. Up to eight times DELIVERY_CONCURRENCY
+   * attempts are in hand (waiting for one of the route's connections), topped up by one claim when
+   * half have finished, so the connections never sit idle behind the slowest of a batch or behind
+   * the next claim, and a claim (one store transaction that reads the route's backlog in order)
+   * leases many deliveries at once. The run ends when a claim finds nothing more; an unreachable
+   * next hop stops the claiming and what is in hand finishes.
+   */
   async function drain(route: string, flush: boolean): Promise<void> {
     const started = Date.now();
+    const inHand = config.DELIVERY_CONCURRENCY * 8;
+    const running = new Set<Promise<void>>();
     let delivered = 0;
-    for (;;) {
-      if (stopping) return;
-      const leaseOwner = `${owner}#${(claimCalls += 1)}`;
-      const claimedAt = Date.now();
-      const claims = await store.claim({
-        route,
-        now: claimedAt,
-        leaseMs: config.DELIVERY_LEASE,
-        owner: leaseOwner,
-        limit: config.DELIVERY_CONCURRENCY * 2,
-        ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
-      });
-      if (claims.length === 0) break;
-      const results = await Promise.all(claims.map((claim) => deliver(claim, leases.hold(claim.message.id, leaseOwner, claimedAt + config.DELIVERY_LEASE))));
-      delivered += results.filter((result) => result === 'answered').length;
-      if (results.includes('unreachable')) {
-        log.warn({ route }, 'next hop unreachable; stopping this delivery run');
-        break;
+    let unreachable = false;
+    let empty = false;
+    while (!stopping && !unreachable && !empty) {
+      if (running.size <= inHand / 2) {
+        const leaseOwner = `${owner}#${(claimCalls += 1)}`;
+        const claimedAt = Date.now();
+        const limit = inHand - running.size;
+        const claims = await store.claim({
+          route,
+          now: claimedAt,
+          leaseMs: config.DELIVERY_LEASE,
+          owner: leaseOwner,
+          limit,
+          ...(flush ? { ignoreSchedule: true, notAttemptedSince: started } : {}),
+        });
+        empty = claims.length < limit; // the backlog is in hand: this run ends when it is done
+        for (const claim of claims) {
+          // Held (and renewed by the lease keeper) from the claim on, also while waiting for a connection.
+          const lease = leases.hold(claim.message.id, leaseOwner, claimedAt + config.DELIVERY_LEASE);
+          const attempt: Promise<void> = deliver(claim, lease).then((result) => {
+            running.delete(attempt);
+            if (result === 'answered') delivered += 1;
+            else if (result === 'unreachable') unreachable = true;
+          });
+          running.add(attempt);
+        }
       }
+      if (running.size > inHand / 2) await Promise.race(running);
     }
+    await Promise.all(running);
+    if (unreachable) log.warn({ route }, 'next hop unreachable; stopping this delivery run');
     if (flush || delivered > 0) log.info({ route, flush, messages: delivered, ms: Date.now() - started }, 'delivery run finished');
   }
 
