@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ConfigError, formatTarget, loadConfig, parseTarget } from '../shared/src/runtime/config.ts';
+import { ConfigError, diskHeadroom, formatTarget, loadConfig, memoryBudget, parseTarget } from '../shared/src/runtime/config.ts';
 import { parseDuration } from '../shared/src/rules/duration.ts';
 
 /** The least an operator must set. */
@@ -26,6 +26,22 @@ describe('config: DELIVERY_LEASE', () => {
     assert.equal(loadConfig({ ...BASE, DELIVERY_LEASE: '1s' }).DELIVERY_LEASE, 1000);
     assert.match(configError({ ...BASE, DELIVERY_LEASE: '500ms' }).message, /^DELIVERY_LEASE: expected at least 1s/);
     assert.match(configError({ ...BASE, DELIVERY_LEASE: 'soon' }).message, /^DELIVERY_LEASE: expected a duration/);
+  });
+});
+
+describe('config: MEMORY_BUDGET and DISK_HEADROOM', () => {
+  it('default to 100 MiB (at least MAX_MESSAGE_SIZE) and twice MAX_MESSAGE_SIZE (at least 16 MiB)', () => {
+    assert.equal(memoryBudget(loadConfig(BASE)), 104_857_600);
+    assert.equal(memoryBudget(loadConfig({ ...BASE, MAX_MESSAGE_SIZE: '209715200' })), 209_715_200);
+    assert.equal(diskHeadroom(loadConfig(BASE)), 52_428_800);
+    assert.equal(diskHeadroom(loadConfig({ ...BASE, DISK_HEADROOM: '0' })), 0);
+    assert.equal(diskHeadroom(loadConfig({ ...BASE, MAX_MESSAGE_SIZE: '1048576' })), 16 * 1024 * 1024, 'never less than SQLite needs for its journal');
+  });
+
+  it('refuse a MEMORY_BUDGET below MAX_MESSAGE_SIZE and values that are not byte counts, naming the key', () => {
+    assert.match(configError({ ...BASE, MEMORY_BUDGET: '1048576' }).message, /^MEMORY_BUDGET: must be at least MAX_MESSAGE_SIZE \(26214400\)/);
+    assert.match(configError({ ...BASE, MEMORY_BUDGET: 'lots' }).message, /^MEMORY_BUDGET: expected a whole number/);
+    assert.match(configError({ ...BASE, DISK_HEADROOM: '-1' }).message, /^DISK_HEADROOM: expected a whole number/);
   });
 });
 

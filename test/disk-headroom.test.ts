@@ -21,7 +21,7 @@ function mountTmpfs(dir: string, size: string): string | null {
 }
 
 const LINE = `${'d'.repeat(76)}\r\n`;
-/** About 100 KB: a 16 MiB file system fills in about 150 of them. */
+/** About 100 KB: a 40 MiB file system is short of its headroom after a few hundred of them. */
 const message = (index: number) => `Subject: fill ${index}\r\nMessage-ID: <fill-${index}@origin.test>\r\n\r\n${LINE.repeat(1300)}.\r\n`;
 
 /** One message over a fresh connection; the reply that ended it (MAIL's when refused there). */
@@ -48,7 +48,7 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
   const dir = tempDir();
   const data = join(dir.path, 'data');
   mkdirSync(data);
-  const cannot = mountTmpfs(data, '16m');
+  const cannot = mountTmpfs(data, '40m');
   let system: Service;
   let primaryPort: number;
   let smtpPort: number;
@@ -66,7 +66,10 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
       SMTP_HOSTNAME: 'backup.example.test',
       DATA_DIR: data,
       SENDER_AUTH: 'false',
-      MAX_MESSAGE_SIZE: '1048576', // DISK_HEADROOM defaults to twice this: 2 MiB
+      MAX_MESSAGE_SIZE: '1048576',
+      // Twice MAX_MESSAGE_SIZE would be 2 MiB here, less than SQLite's own journal needs (a WAL
+      // checkpoint may grow the file by 4 MiB): with the default 25 MB message limit it is 50 MB.
+      DISK_HEADROOM: '12582912',
       PROBE_INTERVAL: '500ms',
       PROBE_TIMEOUT: '1s',
       PROBE_SUCCESSES: '1',
@@ -82,7 +85,7 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
   it('refuses new mail with 452 4.3.1 below the headroom, drains the queue when the primary returns, then takes mail again', { skip: cannot ?? false }, async () => {
     const accepted: number[] = [];
     let refusal = '';
-    for (let index = 0; index < 400 && !refusal; index++) {
+    for (let index = 0; index < 1000 && !refusal; index++) {
       const reply = await send(smtpPort, index);
       if (reply.startsWith('250 ')) accepted.push(index);
       else refusal = reply;
@@ -94,7 +97,7 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
     const readiness = (await ready.json()) as { checks: Record<string, boolean>; detail?: Record<string, string> };
     assert.equal(ready.status, 503);
     assert.equal(readiness.checks.disk, false);
-    assert.match(readiness.detail?.disk ?? '', /refusing new mail \(452 4\.3\.1\).*below DISK_HEADROOM 2097152/);
+    assert.match(readiness.detail?.disk ?? '', /refusing new mail \(452 4\.3\.1\).*below DISK_HEADROOM 12582912/);
     assert.equal(await metric(httpPort, 'backupmx_disk_headroom_low'), 1);
 
     // The primary returns: every accepted message reaches it although the disk is nearly full.

@@ -1,5 +1,5 @@
 import type { Broker, PrimaryEvent } from '@backupmx/shared/broker/broker.ts';
-import { listenError, type Config } from '@backupmx/shared/runtime/config.ts';
+import { listenError, memoryBudget, type Config } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
 import { proxyHeaders, proxyRefusals } from '@backupmx/shared/runtime/metrics.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
@@ -90,7 +90,7 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     messagesPerMinute: config.MESSAGES_PER_IP_PER_MINUTE,
     recipientsPerMinute: config.RECIPIENTS_PER_IP_PER_MINUTE,
   });
-  const budget = createMemoryBudget(config.MEMORY_BUDGET);
+  const budget = createMemoryBudget(memoryBudget(config));
   const server = createSmtpListener(config, broker, log, {
     primaryState,
     recipients: createRecipientValidation(config, verifier, log),

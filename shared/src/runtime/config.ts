@@ -192,8 +192,8 @@ export const configSchema = z.strictObject({
   ADMIN_TOKEN: z.string().min(1).optional(),
   MAX_MESSAGE_SIZE: integer(1024, 2 ** 31).default(26_214_400),
   /** Message bytes held in memory across all SMTP sessions; a DATA that would exceed it: 452 4.3.1. */
-  MEMORY_BUDGET: integer(1024, 2 ** 40).default(104_857_600),
-  /** Refuse new mail (452 4.3.1) while DATA_DIR has less free space; unset: twice MAX_MESSAGE_SIZE; 0: never. */
+  MEMORY_BUDGET: integer(1024, 2 ** 40).optional(),
+  /** Refuse new mail (452 4.3.1) while DATA_DIR has less free space; unset: twice MAX_MESSAGE_SIZE, at least 16 MiB; 0: never. */
   DISK_HEADROOM: integer(0, 2 ** 50).optional(),
   MAX_RECIPIENTS: integer(1, 100_000).default(100),
   QUEUE_LIFETIME: duration.default(5 * 86_400_000),
@@ -302,7 +302,7 @@ export const configSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: ['domains', domain, settings.PRIMARY_TLS_PIN ? 'PRIMARY_TLS_PIN' : 'PRIMARY_TLS'], message: 'PRIMARY_TLS_PIN needs PRIMARY_TLS encrypt or verify (may goes on without TLS)' });
     }
   }
-  if (config.MEMORY_BUDGET < config.MAX_MESSAGE_SIZE) ctx.addIssue({ code: 'custom', path: ['MEMORY_BUDGET'], message: `must be at least MAX_MESSAGE_SIZE (${config.MAX_MESSAGE_SIZE}), or no message of the largest size could ever be taken` });
+  if (config.MEMORY_BUDGET !== undefined && config.MEMORY_BUDGET < config.MAX_MESSAGE_SIZE) ctx.addIssue({ code: 'custom', path: ['MEMORY_BUDGET'], message: `must be at least MAX_MESSAGE_SIZE (${config.MAX_MESSAGE_SIZE}), or no message of the largest size could ever be taken` });
   if (config.TLS_CERT && !config.TLS_KEY) ctx.addIssue({ code: 'custom', path: ['TLS_KEY'], message: 'required when TLS_CERT is set' });
   if (config.TLS_KEY && !config.TLS_CERT) ctx.addIssue({ code: 'custom', path: ['TLS_CERT'], message: 'required when TLS_KEY is set' });
   if (config.TLS_CERT && config.TLS_KEY) {
@@ -328,9 +328,17 @@ export const configSchema = z.strictObject({
 
 export type Config = z.infer<typeof configSchema>;
 
-/** DISK_HEADROOM in bytes: as set, or twice MAX_MESSAGE_SIZE (room for the queue's own writes and a message in flight). */
+/** MEMORY_BUDGET in bytes: as set, or 100 MiB (a 512 MiB container), at least MAX_MESSAGE_SIZE. */
+export function memoryBudget(config: Pick<Config, 'MEMORY_BUDGET' | 'MAX_MESSAGE_SIZE'>): number {
+  return config.MEMORY_BUDGET ?? Math.max(104_857_600, config.MAX_MESSAGE_SIZE);
+}
+
+/**
+ * DISK_HEADROOM in bytes: as set, or twice MAX_MESSAGE_SIZE (room for the queue's own writes and a
+ * message in flight), and never less than 16 MiB by default (SQLite's WAL and its checkpoints).
+ */
 export function diskHeadroom(config: Pick<Config, 'DISK_HEADROOM' | 'MAX_MESSAGE_SIZE'>): number {
-  return config.DISK_HEADROOM ?? 2 * config.MAX_MESSAGE_SIZE;
+  return config.DISK_HEADROOM ?? Math.max(2 * config.MAX_MESSAGE_SIZE, 16 * 1024 * 1024);
 }
 
 /** Thrown for a bad configuration; the message is one line naming the key. */

@@ -14,35 +14,41 @@ export interface DiskHeadroom {
   readonly threshold: number;
 }
 
-/** `spare`: bytes inside the store's files that it reuses first (Store.spareBytes), counted as free. */
+/**
+ * `spare`: bytes inside the store's files that it reuses first (Store.spareBytes: SQLite's free
+ * pages, left by delivered mail), counted as free, so that a drained spool takes mail again.
+ * They cannot hold the store's journal (SQLite's WAL grows, and a checkpoint may grow the file, on
+ * the file system itself), so at least half the threshold must be free on the file system as well.
+ */
 export function createDiskHeadroom(dir: string, threshold: number, spare: () => number = () => 0): DiskHeadroom {
   // Measured at every question (a statfs and a PRAGMA: microseconds): at hundreds of messages a
   // second a cached figure would let the disk fill between two looks.
-  const measure = (): number | null => {
-    let free: number | null;
+  const measure = (): { free: number; real: number } | null => {
     try {
       const stats = statfsSync(dir);
-      free = stats.bavail * stats.bsize + spare();
+      const real = stats.bavail * stats.bsize;
+      return { real, free: real + spare() };
     } catch {
-      free = null; // not there (yet): the store reports that itself
+      return null; // not there (yet): the store reports that itself
     }
-    if (free !== null) diskFree.set(free);
-    diskLow.set(free !== null && free < threshold ? 1 : 0);
-    return free;
+  };
+  const check = () => {
+    const bytes = measure();
+    const low = bytes !== null && (bytes.free < threshold || bytes.real < threshold / 2);
+    if (bytes) diskFree.set(bytes.free);
+    diskLow.set(low ? 1 : 0);
+    return { free: bytes?.free ?? null, low };
   };
   return {
     threshold,
-    free: measure,
-    low() {
-      const bytes = measure();
-      return bytes !== null && bytes < threshold;
-    },
+    free: () => check().free,
+    low: () => check().low,
   };
 }
 
 /** What /readyz says about it: why new mail is refused, when it is. */
 export function diskDetail(disk: DiskHeadroom, consequence = 'refusing new mail (452 4.3.1)'): Record<string, string> {
+  if (!disk.low()) return {};
   const free = disk.free();
-  if (free === null || free >= disk.threshold) return {};
   return { disk: `${consequence}: ${free} bytes free in DATA_DIR, below DISK_HEADROOM ${disk.threshold}; the queue still drains` };
 }
