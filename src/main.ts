@@ -8,6 +8,7 @@ import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { diskHeadroom } from '@backupmx/shared/runtime/config.ts';
 import { createDiskHeadroom, diskDetail } from '@backupmx/shared/runtime/disk-headroom.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { startBufferCollector } from '@backupmx/shared/runtime/young-gc.ts';
 import { createMemoryBroker } from '@backupmx/shared/broker/memory-broker.ts';
 import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime/process.ts';
 import { createDeliverer } from '@backupmx/deliverer/src/deliverer.ts';
@@ -19,6 +20,7 @@ import { createSweeper } from '@backupmx/spool/src/sweep.ts';
 
 const config = configOrExit('all');
 const log = createLogger('backupmx', config.LOG_LEVEL);
+startBufferCollector(); // large mail: free the buffers it leaves behind early (issue 9)
 const store = await openStore(config, log);
 const broker = config.AMQP_URL ? await connectBroker(config, 'all', log) : createMemoryBroker(join(config.DATA_DIR, 'dead'), log);
 await startSpool(config, store, broker, log);

@@ -18,7 +18,7 @@ import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
 import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
 import type { MemoryBudget } from './memory-budget.ts';
-import { leadingBytes, readMessage } from './message-reader.ts';
+import { declaredSize, leadingBytes, readMessage } from './message-reader.ts';
 import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
 import type { RecipientValidation } from './recipient-validation.ts';
@@ -182,7 +182,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
 
   async function handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const id = newQueueId();
-    const read = await readMessage(stream, config.MAX_MESSAGE_SIZE, config.MAX_HEADER_SIZE, deps.budget);
+    const read = await readMessage(stream, config.MAX_MESSAGE_SIZE, config.MAX_HEADER_SIZE, deps.budget, declaredSize(session.envelope));
     try {
       return await storeMessage(id, read, session);
     } finally {
@@ -249,8 +249,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     }
     // The one copy of the message: our fields on top, the sender's bytes as they came.
     const ours = Buffer.from(header + authResults, 'latin1');
-    const raw = Buffer.concat([ours, ...message.chunks], ours.length + message.size);
-    message.chunks.length = 0;
+    const raw = message.join(ours);
     const envelope = {
       mailFrom,
       rcptTo: recipients,
