@@ -1,6 +1,7 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { startBufferCollector } from '@backupmx/shared/runtime/young-gc.ts';
 import { configOrExit, connectBroker, onShutdown, openStore, requireBroker, requireSharedDataDir } from '@backupmx/shared/runtime/process.ts';
 import { createDeliverer } from './deliverer.ts';
 
@@ -8,6 +9,7 @@ const config = configOrExit('deliverer');
 requireBroker(config, 'deliverer');
 requireSharedDataDir(config, 'deliverer');
 const log = createLogger('deliverer', config.LOG_LEVEL);
+startBufferCollector(); // large mail: free the buffers it leaves behind early (issue 9)
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'deliverer', log);
 const deliverer = createDeliverer(config, store, broker, log);

@@ -1,5 +1,6 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { startBufferCollector } from '@backupmx/shared/runtime/young-gc.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { configOrExit, connectBroker, onShutdown, openStore } from '@backupmx/shared/runtime/process.ts';
 import { startIngress } from './ingress.ts';
@@ -7,6 +8,7 @@ import { usesVerify } from './recipient-validation.ts';
 
 const config = configOrExit('ingress');
 const log = createLogger('ingress', config.LOG_LEVEL);
+startBufferCollector(); // large mail: free the buffers it leaves behind early (issue 9)
 const broker = await connectBroker(config, 'ingress', log);
 // The store only holds the recipient verification cache here: opened when a domain verifies.
 const store = usesVerify(config) ? await openStore(config, log) : null;

@@ -1,6 +1,7 @@
 import '@backupmx/shared/runtime/telemetry.ts';
 import { closeHttp, startHttp } from '@backupmx/shared/runtime/http.ts';
 import { createLogger } from '@backupmx/shared/runtime/logger.ts';
+import { startBufferCollector } from '@backupmx/shared/runtime/young-gc.ts';
 import { configOrExit, connectBroker, onShutdown, openStore, requireBroker, requireSharedDataDir } from '@backupmx/shared/runtime/process.ts';
 import { diskHeadroom } from '@backupmx/shared/runtime/config.ts';
 import { createDiskHeadroom, diskDetail } from '@backupmx/shared/runtime/disk-headroom.ts';
@@ -12,6 +13,7 @@ const config = configOrExit('spool');
 requireBroker(config, 'spool');
 requireSharedDataDir(config, 'spool');
 const log = createLogger('spool', config.LOG_LEVEL);
+startBufferCollector(); // large mail: free the buffers it leaves behind early (issue 9)
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'spool', log);
 // SQLite under DATA_DIR: below DISK_HEADROOM new mail waits in RabbitMQ while the deliverers drain the spool.
