@@ -266,8 +266,6 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
     const env: Record<string, string> = {
       RELAY_DOMAINS: 'example.test',
       PRIMARY: `127.0.0.1:${primaryPort}`,
-      PROBE_INTERVAL: '1s',
-      PROBE_TIMEOUT: '2s',
       LOG_LEVEL: 'warn',
       DATA_DIR: dataDir,
       SMTP_HOST: '127.0.0.1',
@@ -507,7 +505,7 @@ if (POSTFIX) {
   console.log(`load: bench/fallback.ts nodemailer, ${SESSIONS} sessions, ${MESSAGES} messages, ${SIZE} body bytes${args.reuse ? ', connections reused' : ''}; primary: smtp-server sink (bench/fallback.ts)`);
 }
 console.log(
-  `settings: RELAY_DOMAINS=example.test PROBE_INTERVAL=1s PROBE_TIMEOUT=2s LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}${Object.entries(EXTRA_ENV).map(([k, v]) => ` ${k}=${v}`).join('')}; other settings default; SQLite under a temp DATA_DIR`,
+  `settings: RELAY_DOMAINS=example.test LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}${Object.entries(EXTRA_ENV).map(([k, v]) => ` ${k}=${v}`).join('')}; other settings default; SQLite under a temp DATA_DIR`,
 );
 
 if (POSTFIX_MX_MISSING) console.log(`postfix: not run: ${POSTFIX_MX_MISSING}; our figures alone`);
