@@ -41,6 +41,7 @@ const { values: args } = parseArgs({
     tools: { type: 'string', default: 'auto' },
     keep: { type: 'boolean', default: false },
     profile: { type: 'string' },
+    env: { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', default: false },
   },
 });
@@ -54,6 +55,7 @@ if (args.help) {
   --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
   --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
   --keep            keep the temporary directory (logs, spool, sink dump) and print its path
+  --env KEY=VALUE   a setting for our processes (repeatable), e.g. --env DELIVERY_CONCURRENCY=20
   --profile DIR     write a V8 CPU profile of each of our processes into DIR (node --cpu-prof);
                     summarise with: node bench/profile-summary.ts DIR/*.cpuprofile`);
   process.exit(0);
@@ -71,6 +73,15 @@ const MESSAGES = positive('messages', args.messages);
 const SESSIONS = positive('sessions', args.sessions);
 const SIZE = positive('size', args.size);
 const ROUNDS = positive('rounds', args.rounds);
+const EXTRA_ENV: Record<string, string> = {};
+for (const pair of args.env ?? []) {
+  const at = pair.indexOf('=');
+  if (at < 1) {
+    console.error(`--env: expected KEY=VALUE, got ${JSON.stringify(pair)}`);
+    process.exit(2);
+  }
+  EXTRA_ENV[pair.slice(0, at)] = pair.slice(at + 1);
+}
 const GREETING_DELAY = args['greeting-delay'];
 if (!['one', 'rabbit', 'both'].includes(args.mode)) {
   console.error(`--mode: expected one, rabbit or both, got ${JSON.stringify(args.mode)}`);
@@ -255,8 +266,6 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
     const env: Record<string, string> = {
       RELAY_DOMAINS: 'example.test',
       PRIMARY: `127.0.0.1:${primaryPort}`,
-      PROBE_INTERVAL: '1s',
-      PROBE_TIMEOUT: '2s',
       LOG_LEVEL: 'warn',
       DATA_DIR: dataDir,
       SMTP_HOST: '127.0.0.1',
@@ -266,6 +275,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       ...(GREETING_DELAY !== undefined ? { GREETING_DELAY } : {}),
       ...(vhost ? { AMQP_URL: vhost.url } : {}),
       ...(args.profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${args.profile}` } : {}),
+      ...EXTRA_ENV,
     };
     const entries = mode === 'one' ? (['all'] as const) : (['spool', 'health', 'deliverer', 'ingress'] as const);
     for (const entry of entries) {
@@ -495,7 +505,7 @@ if (POSTFIX) {
   console.log(`load: bench/fallback.ts nodemailer, ${SESSIONS} sessions, ${MESSAGES} messages, ${SIZE} body bytes${args.reuse ? ', connections reused' : ''}; primary: smtp-server sink (bench/fallback.ts)`);
 }
 console.log(
-  `settings: RELAY_DOMAINS=example.test PROBE_INTERVAL=1s PROBE_TIMEOUT=2s LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}; other settings default; SQLite under a temp DATA_DIR`,
+  `settings: RELAY_DOMAINS=example.test LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}${Object.entries(EXTRA_ENV).map(([k, v]) => ` ${k}=${v}`).join('')}; other settings default; SQLite under a temp DATA_DIR`,
 );
 
 if (POSTFIX_MX_MISSING) console.log(`postfix: not run: ${POSTFIX_MX_MISSING}; our figures alone`);

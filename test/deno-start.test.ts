@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { assertAllDelivered, sendMessages } from './support/mail.ts';
 import { startPrimary } from './support/primary.ts';
-import { DENO, spawnCommand, waitReady, type Service } from './support/processes.ts';
+import { DENO, oneProcessEnv, spawnCommand, waitReady, type Service } from './support/processes.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
 /**
@@ -24,15 +24,7 @@ describe('deno task start: mail kept while the primary is down, delivered intact
     system = spawnCommand('deno-task-start', [DENO, 'task', 'start'], {
       HOME: process.env.HOME ?? dir.path, // Deno's module cache
       ...(process.env.DENO_DIR ? { DENO_DIR: process.env.DENO_DIR } : {}),
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      HTTP_PORT: String(httpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
-      DATA_DIR: join(dir.path, 'data'),
-      PROBE_INTERVAL: '500ms',
-      PROBE_TIMEOUT: '1s',
+      ...oneProcessEnv({ primary: primaryPort, smtp: smtpPort, http: httpPort }, join(dir.path, 'data')),
       NO_COLOR: '1',
     }, join(dir.path, 'logs'));
     await waitReady(system);

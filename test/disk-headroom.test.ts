@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { metric } from './support/metrics.ts';
 import { startPrimary } from './support/primary.ts';
-import { spawnService, waitReady, type Service } from './support/processes.ts';
+import { oneProcessEnv, spawnService, waitReady, type Service } from './support/processes.ts';
 import { openSession } from './support/smtp-session.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
@@ -57,23 +57,14 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
   before(async () => {
     if (cannot) return;
     [primaryPort, smtpPort, httpPort] = [await freePort(), await freePort(), await freePort()];
-    system = spawnService('all', 'all', {
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      HTTP_PORT: String(httpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
-      DATA_DIR: data,
+    system = spawnService('all', 'all', oneProcessEnv({ primary: primaryPort, smtp: smtpPort, http: httpPort }, data, {
       SENDER_AUTH: 'false',
       MAX_MESSAGE_SIZE: '1048576',
       // Twice MAX_MESSAGE_SIZE would be 2 MiB here, less than SQLite's own journal needs (a WAL
       // checkpoint may grow the file by 4 MiB): with the default 25 MB message limit it is 50 MB.
       DISK_HEADROOM: '12582912',
-      PROBE_INTERVAL: '500ms',
-      PROBE_TIMEOUT: '1s',
       PROBE_SUCCESSES: '1',
-    }, join(dir.path, 'logs'));
+    }), join(dir.path, 'logs'));
     await waitReady(system);
   });
   after(async () => {

@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import { join } from 'node:path';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import { startPrimary } from './support/primary.ts';
-import { spawnService, waitReady, type Service } from './support/processes.ts';
+import { oneProcessEnv, spawnService, waitReady, type Service } from './support/processes.ts';
 import { assertAllDelivered, sendMessages } from './support/mail.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
@@ -21,17 +21,7 @@ describe('single process: mail kept while the primary is down, delivered when it
 
   before(async () => {
     [primaryPort, smtpPort, httpPort] = [await freePort(), await freePort(), await freePort()];
-    system = spawnService('all', 'all', {
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      HTTP_PORT: String(httpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
-      DATA_DIR: join(dir.path, 'data'),
-      PROBE_INTERVAL: '500ms',
-      PROBE_TIMEOUT: '1s',
-    }, join(dir.path, 'logs'));
+    system = spawnService('all', 'all', oneProcessEnv({ primary: primaryPort, smtp: smtpPort, http: httpPort }, join(dir.path, 'data')), join(dir.path, 'logs'));
     await waitReady(system);
   });
   after(async () => {
