@@ -51,6 +51,15 @@ export const HEADROOM = 16 * 1024;
 /** A declared SIZE from this many bytes up gets its buffer at once (below, the chunks are joined at the end). */
 export const PREALLOCATE_FROM = 1024 * 1024;
 
+/** A buffer of `bytes`, or null where the system refuses that much address space (the chunks are kept then). */
+function allocate(bytes: number): Buffer | null {
+  try {
+    return Buffer.allocUnsafe(bytes);
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Where a message's bytes go as they come. With the SIZE the client declared in MAIL FROM (RFC 1870),
  * one buffer of HEADROOM + SIZE bytes takes them, so the sender's bytes are copied once and then
@@ -60,7 +69,7 @@ export const PREALLOCATE_FROM = 1024 * 1024;
  * it), the chunks are kept and joined behind our fields at the end.
  */
 function createBody(declared: number | null) {
-  let slab = declared !== null && declared >= PREALLOCATE_FROM ? Buffer.allocUnsafe(HEADROOM + declared) : null;
+  let slab = declared !== null && declared >= PREALLOCATE_FROM ? allocate(HEADROOM + declared) : null;
   let filled = 0;
   let chunks: Buffer[] = [];
   return {
