@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, describe, it } from 'node:test';
@@ -7,7 +7,7 @@ import { SMTPServer } from 'smtp-server';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import { assertAllDelivered, queueIdOf, sendMessages } from './support/mail.ts';
 import type { Received } from './support/primary.ts';
-import { spawnService, waitReady, type Service } from './support/processes.ts';
+import { spawnModule, spawnService, waitReady, type Service } from './support/processes.ts';
 import { openSession } from './support/smtp-session.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
@@ -19,15 +19,19 @@ import { freePort, tempDir, waitFor } from './support/util.ts';
  * the primary had already taken (DESIGN.md guarantee 4).
  */
 
-/** Another connection takes SQLite's write lock (BEGIN IMMEDIATE) and keeps it until release(). */
-async function holdWriteLock(path: string): Promise<{ release: () => Promise<void> }> {
-  const script = `
-    const { DatabaseSync } = require('node:sqlite');
-    const db = new DatabaseSync(process.argv[1]);
+/**
+ * Another connection takes SQLite's write lock (BEGIN IMMEDIATE) and keeps it until release(). A
+ * module file of its own (spawnModule), the database named in its environment: under Deno a
+ * `-e` script's argv is not Node's, and the lock was taken on another file.
+ */
+async function holdWriteLock(path: string, dir: string): Promise<{ release: () => Promise<void> }> {
+  const source = `
+    import { DatabaseSync } from 'node:sqlite';
+    const db = new DatabaseSync(process.env.LOCK_DATABASE);
     db.exec('BEGIN IMMEDIATE');
     process.stdout.write('locked\\n');
     process.stdin.once('data', () => { db.exec('ROLLBACK'); db.close(); process.stdout.write('released\\n'); process.exit(0); });`;
-  const child: ChildProcess = spawn(process.execPath, ['-e', script, path], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child: ChildProcess = spawnModule(source, dir, { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, LOCK_DATABASE: path } });
   let output = '';
   child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   await waitFor('the lock holder to take the write lock', () => output.includes('locked'), 20_000, 10);
@@ -86,7 +90,7 @@ describe('group commit: no 250 before the write is durable', () => {
     system = await startRunning(dir.path, 'all', ports);
     const path = join(dir.path, 'data', 'spool.sqlite');
     const sessions = await Promise.all(Array.from({ length: 5 }, (_, i) => openUpToData(ports.smtp, i)));
-    const lock = await holdWriteLock(path);
+    const lock = await holdWriteLock(path, dir.path);
     const replies: (string | null)[] = Array.from({ length: 5 }, () => null);
     let pending: Promise<string>[];
     try {
@@ -133,7 +137,7 @@ describe('group commit: SIGKILL between the batch\'s write and its replies', () 
     // A batch piles up behind a held lock; the moment it is let go the server commits and replies,
     // and is killed in the middle of that.
     const sessions = await Promise.all(Array.from({ length: 12 }, (_, i) => openUpToData(ports.smtp, i)));
-    const lock = await holdWriteLock(path);
+    const lock = await holdWriteLock(path, dir.path);
     const results = sessions.map((session) => session.finish().catch((error: unknown) => String(error)));
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const killed = system;

@@ -55,7 +55,6 @@ export function spawnService(name: string, entry: keyof typeof ENTRY, env: Recor
   return spawnCommand(name, [process.execPath, join(ROOT, ENTRY[entry])], env, logDir);
 }
 
-/** The Deno binary the `deno` devDependency installs. */
 /**
  * The environment of `npm start` in a test: example.test relayed to a primary on loopback, the
  * ports and DATA_DIR given, probes every 500 ms; `extra` adds or overrides settings.
@@ -75,6 +74,7 @@ export function oneProcessEnv(ports: { primary: number; smtp: number; http: numb
   };
 }
 
+/** The Deno binary the `deno` devDependency installs. */
 export const DENO = join(ROOT, 'node_modules', '.bin', 'deno');
 
 /** As spawnService, for any command run from the project's root (`deno task start`). */
