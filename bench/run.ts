@@ -175,6 +175,25 @@ async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
   clearTimeout(timer);
 }
 
+
+/**
+ * The flush, timed from `start` (the moment the primary listens) until the sink holds `accepted`
+ * messages, and when the first one came; a phase that runs out is told to `warn` and timed as it is.
+ */
+async function timeFlush(sinkDir: string, accepted: number, start: number, warn: (text: string) => void): Promise<{ firstMs: number | null; flushMs: number }> {
+  let firstMs: number | null = null;
+  try {
+    await waitUntil(`the primary to hold ${accepted} messages`, PHASE_MS, 20, () => {
+      const n = countFiles(sinkDir);
+      if (n > 0 && firstMs === null) firstMs = performance.now() - start;
+      return n >= accepted;
+    });
+  } catch (error) {
+    warn((error as Error).message);
+  }
+  return { firstMs, flushMs: performance.now() - start };
+}
+
 function countFiles(dir: string): number {
   try {
     return readdirSync(dir).length;
@@ -340,20 +359,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
-    const flushStart = performance.now();
-    let firstMs: number | null = null;
-    let flushMs = 0;
-    try {
-      await waitUntil(`the primary to hold ${accepted} messages`, PHASE_MS, 20, () => {
-        const n = countFiles(sinkDir);
-        if (n > 0 && firstMs === null) firstMs = performance.now() - flushStart;
-        return n >= accepted;
-      });
-      flushMs = performance.now() - flushStart;
-    } catch (error) {
-      flushMs = performance.now() - flushStart;
-      warn((error as Error).message);
-    }
+    const { firstMs, flushMs } = await timeFlush(sinkDir, accepted, performance.now(), warn);
     // Let the deliverer record its last deliveries, then check the counts.
     try {
       await waitUntil('the spool to empty', 60_000, 100, async () => (await totals(spoolStore)).messages === 0);
@@ -455,19 +461,7 @@ async function runPostfix(): Promise<Result> {
     });
     const flushStart = performance.now();
     instance.flush();
-    let firstMs: number | null = null;
-    let flushMs = 0;
-    try {
-      await waitUntil(`the primary to hold ${accepted} messages`, PHASE_MS, 20, () => {
-        const n = countFiles(sinkDir);
-        if (n > 0 && firstMs === null) firstMs = performance.now() - flushStart;
-        return n >= accepted;
-      });
-      flushMs = performance.now() - flushStart;
-    } catch (error) {
-      flushMs = performance.now() - flushStart;
-      warn((error as Error).message);
-    }
+    const { firstMs, flushMs } = await timeFlush(sinkDir, accepted, flushStart, warn);
     try {
       await waitUntil('the Postfix queue to empty', 60_000, 100, () => instance.queued() === 0);
     } catch (error) {
