@@ -39,7 +39,7 @@ const http = await startHttp({
   host: config.HTTP_HOST,
   port: config.HTTP_PORT,
   log,
-  ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening(), ...(disk ? { disk: !disk.low() } : {}) }),
+  ready: () => ({ broker: broker.connected(), store: store.ready(), smtp: ingress.listening(), ...(disk ? { disk: !disk.check().low } : {}) }),
   ...(disk ? { detail: () => diskDetail(disk) } : {}),
   routes: (app) => {
     app.get('/status', (_req, res) => void res.json({ targets: monitor.status() }));

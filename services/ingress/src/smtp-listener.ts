@@ -132,7 +132,8 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
         return callback(replyError(badDsn));
       }
       const declared = address.args ? Number(address.args.SIZE ?? 0) || 0 : 0;
-      if (deps.disk?.low()) return refuse(callback, INSUFFICIENT_STORAGE, { client: session.remoteAddress, free: deps.disk.free(), headroom: deps.disk.threshold }, 'sender refused: disk space below DISK_HEADROOM');
+      const space = deps.disk?.check();
+      if (space?.low) return refuse(callback, INSUFFICIENT_STORAGE, { client: session.remoteAddress, free: space.free, headroom: deps.disk?.threshold }, 'sender refused: disk space below DISK_HEADROOM');
       if (declared > deps.budget.limit - deps.budget.held()) return refuse(callback, INSUFFICIENT_STORAGE, { client: session.remoteAddress, size: declared, held: deps.budget.held() }, 'sender refused: declared SIZE exceeds the free MEMORY_BUDGET');
       callback();
     },
@@ -243,8 +244,9 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       date: new Date(),
       tls: tlsSession ? { version: tlsSession.version ?? 'TLS', cipher: tlsSession.name ?? 'unknown' } : null,
     });
-    if (deps.disk?.low()) {
-      log.warn({ ...fields, free: deps.disk.free(), headroom: deps.disk.threshold }, 'message refused: disk space below DISK_HEADROOM');
+    const space = deps.disk?.check();
+    if (space?.low) {
+      log.warn({ ...fields, free: space.free, headroom: deps.disk?.threshold }, 'message refused: disk space below DISK_HEADROOM');
       throw replyError(INSUFFICIENT_STORAGE);
     }
     // The one copy of the message: our fields on top, the sender's bytes as they came.

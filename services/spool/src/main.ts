@@ -23,7 +23,7 @@ await startSpool(config, store, broker, log, disk);
 const sweeper = createSweeper(config, store, broker, log);
 sweeper.start();
 const operations = await startOperations(config, store, broker, log);
-const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), store: store.ready(), ...(disk ? { disk: !disk.low() } : {}) }), ...(disk ? { detail: () => diskDetail(disk, 'new mail waits in RabbitMQ') } : {}), routes: operations.routes });
+const http = await startHttp({ host: config.HTTP_HOST, port: config.HTTP_PORT, log, ready: () => ({ broker: broker.connected(), store: store.ready(), ...(disk ? { disk: !disk.check().low } : {}) }), ...(disk ? { detail: () => diskDetail(disk, 'new mail waits in RabbitMQ') } : {}), routes: operations.routes });
 onShutdown(log, async () => {
   await sweeper.stop();
   await operations.stop();

@@ -26,7 +26,11 @@ export const STORE_WAIT_MS = 10_000;
  * DATA_DIR not below DISK_HEADROOM. Null when it can; otherwise why not.
  */
 async function storeReady(store: Store, waitMs: number, disk: DiskHeadroom | null): Promise<string | null> {
-  const why = () => (!store.ready() ? 'the store is not ready (MongoDB unreachable?)' : disk?.low() ? `DATA_DIR is below DISK_HEADROOM (${disk.free()} bytes free, ${disk.threshold} kept for the queue's own writes)` : null);
+  const why = () => {
+    if (!store.ready()) return 'the store is not ready (MongoDB unreachable?)';
+    const space = disk?.check();
+    return space?.low ? `DATA_DIR is below DISK_HEADROOM (${space.free} bytes free, ${disk?.threshold} kept for the queue's own writes)` : null;
+  };
   for (const deadline = Date.now() + waitMs; ; await sleep(250)) {
     const reason = why();
     if (reason === null || Date.now() >= deadline) return reason;

@@ -7,10 +7,11 @@ import { diskFree, diskLow } from './metrics.ts';
  * drains and recovers by itself (Postfix: queue_minfree, 1.5 x message_size_limit).
  */
 export interface DiskHeadroom {
-  /** Free bytes now, the store's reusable space included (measured each time); null when the directory cannot be measured. */
-  free(): number | null;
-  /** True while free space is below the threshold. */
-  low(): boolean;
+  /**
+   * One measurement: free bytes now, the store's reusable space included (null when the directory
+   * cannot be measured), and whether that is below the threshold.
+   */
+  check(): { free: number | null; low: boolean };
   readonly threshold: number;
 }
 
@@ -39,16 +40,12 @@ export function createDiskHeadroom(dir: string, threshold: number, spare: () => 
     diskLow.set(low ? 1 : 0);
     return { free: bytes?.free ?? null, low };
   };
-  return {
-    threshold,
-    free: () => check().free,
-    low: () => check().low,
-  };
+  return { threshold, check };
 }
 
 /** What /readyz says about it: why new mail is refused, when it is. */
 export function diskDetail(disk: DiskHeadroom, consequence = 'refusing new mail (452 4.3.1)'): Record<string, string> {
-  if (!disk.low()) return {};
-  const free = disk.free();
+  const { free, low } = disk.check();
+  if (!low) return {};
   return { disk: `${consequence}: ${free} bytes free in DATA_DIR, below DISK_HEADROOM ${disk.threshold}; the queue still drains` };
 }

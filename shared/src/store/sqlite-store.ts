@@ -181,6 +181,9 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
       'SELECT recipient, at, next_hop AS nextHop, result, reply FROM attempts WHERE message_id = ? ORDER BY seq',
     ),
     body: db.prepare('SELECT body FROM bodies WHERE message_id = ?'),
+    // Free pages left by delivered mail, for DISK_HEADROOM (asked at every MAIL and message).
+    freelistCount: db.prepare('PRAGMA freelist_count'),
+    pageSize: db.prepare('PRAGMA page_size'),
     // A held delivery may still be leased by the deliverer that had it in flight: its outcome counts.
     settleFinal: db.prepare(
       `UPDATE deliveries SET state = :state, attempts = attempts + 1, last_attempt_at = :now, last_reply = :reply,
@@ -531,8 +534,8 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
 
     spareBytes(): number {
       if (!open || !db.isOpen) return 0;
-      const pages = db.prepare('PRAGMA freelist_count').get() as { freelist_count: number };
-      const size = db.prepare('PRAGMA page_size').get() as { page_size: number };
+      const pages = q.freelistCount.get() as { freelist_count: number };
+      const size = q.pageSize.get() as { page_size: number };
       return Number(pages.freelist_count) * Number(size.page_size);
     },
 
