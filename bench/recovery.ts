@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { DatabaseSync } from 'node:sqlite';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
-import { spawnService, waitReady, type Service } from '../test/support/processes.ts';
+import { serviceEnv, spawnService, waitReady, type Service } from '../test/support/processes.ts';
 import { createVhost } from '../test/support/rabbitmq.ts';
 import { queueIdOf, sendMessages } from '../test/support/mail.ts';
 import { startPrimary } from '../test/support/primary.ts';
@@ -49,13 +49,8 @@ async function round(mode: 'one' | 'rabbit'): Promise<{ firstMs: number; lastMs:
     const primaryPort = await freePort();
     const smtpPort = await freePort();
     const env: Record<string, string> = {
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
+      ...serviceEnv({ primary: primaryPort, smtp: smtpPort }, join(dir.path, 'data')),
       LOG_LEVEL: 'warn',
-      DATA_DIR: join(dir.path, 'data'),
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
       HTTP_HOST: '127.0.0.1',
       ...(vhost ? { AMQP_URL: vhost.url } : {}),
       ...(args['probe-interval-down'] ? { PROBE_INTERVAL_DOWN: args['probe-interval-down'] } : {}),
@@ -107,13 +102,8 @@ async function killRound(): Promise<{ claimed: number; claimedMs: number; allMs:
     const smtpPort = await freePort();
     const dataDir = join(dir.path, 'data');
     const env: Record<string, string> = {
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
+      ...serviceEnv({ primary: primaryPort, smtp: smtpPort }, dataDir),
       LOG_LEVEL: 'warn',
-      DATA_DIR: dataDir,
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
       HTTP_HOST: '127.0.0.1',
       AMQP_URL: vhost.url,
     };

@@ -18,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import type { Store } from '../shared/src/store/store.ts';
-import { ROOT, spawnService, waitReady, type Service } from '../test/support/processes.ts';
+import { ROOT, serviceEnv, spawnService, waitReady, type Service } from '../test/support/processes.ts';
 import { createVhost } from '../test/support/rabbitmq.ts';
 import { freePort, tempDir } from '../test/support/util.ts';
 import { nodeSource } from './fallback.ts';
@@ -252,14 +252,20 @@ interface Result {
   warnings: string[];
 }
 
-async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
-  const label = mode === 'one' ? 'one-process' : 'rabbitmq';
-  const say = (text: string) => console.log(`[${label}] ${text}`);
+/** A row's output: `say` prints a line under its label, `warn` also keeps it for the summary. */
+function reporter(label: string) {
   const warnings: string[] = [];
+  const say = (text: string) => console.log(`[${label}] ${text}`);
   const warn = (text: string) => {
     warnings.push(text);
-    console.log(`[${label}] WARNING: ${text}`);
+    say(`WARNING: ${text}`);
   };
+  return { say, warn, warnings };
+}
+
+async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
+  const label = mode === 'one' ? 'one-process' : 'rabbitmq';
+  const { say, warn, warnings } = reporter(label);
 
   const dir = tempDir('backupmx-bench-');
   chmodSync(dir.path, 0o755); // smtp-sink runs as nobody
@@ -283,13 +289,8 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
     const smtpPort = await freePort();
     const primaryPort = await freePort();
     const env: Record<string, string> = {
-      RELAY_DOMAINS: 'example.test',
-      PRIMARY: `127.0.0.1:${primaryPort}`,
+      ...serviceEnv({ primary: primaryPort, smtp: smtpPort }, dataDir),
       LOG_LEVEL: 'warn',
-      DATA_DIR: dataDir,
-      SMTP_HOST: '127.0.0.1',
-      SMTP_PORT: String(smtpPort),
-      SMTP_HOSTNAME: 'backup.example.test',
       HTTP_HOST: '127.0.0.1',
       ...(GREETING_DELAY !== undefined ? { GREETING_DELAY } : {}),
       ...(vhost ? { AMQP_URL: vhost.url } : {}),
@@ -402,12 +403,7 @@ function pssMb(pid: number): number {
 /** The same load through Postfix as a backup MX of its own; flushed with `postqueue -f` once the primary listens. */
 async function runPostfix(): Promise<Result> {
   const label = 'postfix';
-  const say = (text: string) => console.log(`[${label}] ${text}`);
-  const warnings: string[] = [];
-  const warn = (text: string) => {
-    warnings.push(text);
-    console.log(`[${label}] WARNING: ${text}`);
-  };
+  const { say, warn, warnings } = reporter(label);
   const dir = tempDir('backupmx-bench-postfix-');
   chmodSync(dir.path, 0o755);
   const sinkDir = join(dir.path, 'sink');

@@ -56,22 +56,26 @@ export function spawnService(name: string, entry: keyof typeof ENTRY, env: Recor
 }
 
 /**
- * The environment of `npm start` in a test: example.test relayed to a primary on loopback, the
- * ports and DATA_DIR given, probes every 500 ms; `extra` adds or overrides settings.
+ * The settings every test and bench process starts from: example.test relayed to a primary on
+ * loopback, SMTP on the port given, DATA_DIR; everything else the service default.
  */
-export function oneProcessEnv(ports: { primary: number; smtp: number; http: number }, dataDir: string, extra: Record<string, string> = {}): Record<string, string> {
+export function serviceEnv(ports: { primary: number; smtp: number }, dataDir: string): Record<string, string> {
   return {
     RELAY_DOMAINS: 'example.test',
     PRIMARY: `127.0.0.1:${ports.primary}`,
     SMTP_HOST: '127.0.0.1',
     SMTP_PORT: String(ports.smtp),
-    HTTP_PORT: String(ports.http),
     SMTP_HOSTNAME: 'backup.example.test',
     DATA_DIR: dataDir,
-    PROBE_INTERVAL: '500ms',
-    PROBE_TIMEOUT: '1s',
-    ...extra,
   };
+}
+
+/**
+ * The environment of `npm start` in a test: serviceEnv, the HTTP port given, probes every 500 ms;
+ * `extra` adds or overrides settings.
+ */
+export function oneProcessEnv(ports: { primary: number; smtp: number; http: number }, dataDir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { ...serviceEnv(ports, dataDir), HTTP_PORT: String(ports.http), PROBE_INTERVAL: '500ms', PROBE_TIMEOUT: '1s', ...extra };
 }
 
 /** The Deno binary the `deno` devDependency installs. */
