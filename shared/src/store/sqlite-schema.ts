@@ -12,11 +12,14 @@
  *   3  bodies over 1 MiB are kept in parts (body_parts), their `bodies` row empty (issue 9: a
  *      large message is never one SQLite row, which SQLite builds whole in memory). A build of
  *      format 2 would read such a body as empty, so it is refused the file.
+ *   4  deliveries carry their message's received_at, indexed with route and state (deliveries_order,
+ *      deliveries_age): a claim walks the queued deliveries oldest first and stops at its limit,
+ *      where it joined every claimable delivery to its message and sorted them all (issue 9).
  */
 import type { DatabaseSync } from 'node:sqlite';
 import { type Migration, StoreSchemaError, migrationPath } from './schema-version.ts';
 
-export const SQLITE_SCHEMA_VERSION = 3;
+export const SQLITE_SCHEMA_VERSION = 4;
 
 /** The current format, for a new file (and the tables and indexes a migration may still lack). */
 export const SCHEMA = `
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
   settled_at      INTEGER,        -- set when delivered or failed
   lease_owner     TEXT,
   lease_until     INTEGER,
+  received_at     INTEGER NOT NULL DEFAULT 0,  -- the message's (never changes): the claim order
   PRIMARY KEY (message_id, recipient)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -70,6 +74,8 @@ CREATE TABLE IF NOT EXISTS cache (
   expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries (route, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (route, state, received_at, message_id);
+CREATE INDEX IF NOT EXISTS deliveries_age ON deliveries (state, received_at, message_id, route);
 CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (settled_at);
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at, id);
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
@@ -103,6 +109,18 @@ const MIGRATIONS: Migration<DatabaseSync>[] = [
     what: 'large bodies may be kept in parts (table body_parts)',
     up(db) {
       db.exec('CREATE TABLE IF NOT EXISTS body_parts (message_id TEXT NOT NULL, seq INTEGER NOT NULL, part BLOB NOT NULL, PRIMARY KEY (message_id, seq))');
+    },
+  },
+  {
+    from: 3,
+    what: "deliveries carry their message's received_at (claims walk them in that order); its indexes",
+    up(db) {
+      // A delivery always has its message (put and remove write both in one transaction); were one
+      // ever without, it keeps its first schedule as its age rather than failing the migration.
+      db.exec(`
+        ALTER TABLE deliveries ADD COLUMN received_at INTEGER NOT NULL DEFAULT 0;
+        UPDATE deliveries SET received_at = COALESCE((SELECT m.received_at FROM messages m WHERE m.id = deliveries.message_id), next_attempt_at);
+      `);
     },
   },
 ];

@@ -23,6 +23,8 @@ const BUSY_TIMEOUT_MS = 10_000;
  * a crash in this window delivers it again (at-least-once: the duplicate window of DESIGN.md grows by this).
  */
 const SETTLE_WITHIN_MS = 10;
+/** An ordinary claim of `limit` messages looks at this many times as many queued deliveries before it sorts the due ones (see claimWindow). */
+const CLAIM_WINDOW = 4;
 /** Messages changed per transaction by bulk(). */
 const BULK_CHUNK = 500;
 /** Bodies larger than this are stored in parts of this size (see insertBody). */
@@ -149,21 +151,36 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     partCount: db.prepare('SELECT COUNT(*) AS n FROM body_parts WHERE message_id = ?'),
     deleteParts: db.prepare('DELETE FROM body_parts WHERE message_id = ?'),
     insertDelivery: db.prepare(
-      `INSERT INTO deliveries (message_id, recipient, route, state, attempts, next_attempt_at)
-       VALUES (?, ?, ?, 'queued', 0, ?)`,
+      `INSERT INTO deliveries (message_id, recipient, route, state, attempts, next_attempt_at, received_at)
+       VALUES (?, ?, ?, 'queued', 0, ?, ?)`,
     ),
-    // Two variants, so that the one-route claim uses deliveries_claim.
+    // Claims walk the queued deliveries in claim order (deliveries_order, deliveries_age: store
+    // format 4) and stop at the limit; they used to join every claimable delivery to its message
+    // and sort them all, at every claim (issue 9). A flush or the expiry sweep claims what is first.
     claimableOfRoute: db.prepare(
-      `SELECT d.message_id AS id, d.route FROM deliveries d JOIN messages m ON m.id = d.message_id
+      `SELECT d.message_id AS id, d.route FROM deliveries d INDEXED BY deliveries_order
        WHERE d.route = :route AND ${CLAIMABLE}
-         AND (:receivedBefore IS NULL OR m.received_at < :receivedBefore)
-       GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id LIMIT :limit`,
+         AND d.received_at < :receivedBefore
+       GROUP BY d.received_at, d.message_id ORDER BY d.received_at, d.message_id LIMIT :limit`,
     ),
     claimableOfAny: db.prepare(
-      `SELECT d.message_id AS id, d.route FROM deliveries d JOIN messages m ON m.id = d.message_id
+      `SELECT d.message_id AS id, d.route FROM deliveries d INDEXED BY deliveries_age
        WHERE ${CLAIMABLE}
-         AND (:receivedBefore IS NULL OR m.received_at < :receivedBefore)
-       GROUP BY d.message_id, d.route ORDER BY m.received_at, d.message_id, d.route LIMIT :limit`,
+         AND d.received_at < :receivedBefore
+       GROUP BY d.received_at, d.message_id, d.route ORDER BY d.received_at, d.message_id, d.route LIMIT :limit`,
+    ),
+    // An ordinary claim would walk past every delivery deferred to later (a backlog the primary
+    // defers): it looks at the first :window queued deliveries only (claimWindow), and when those
+    // hold too few that are due, sorts the due ones (claimableDue, on deliveries_claim), as before.
+    claimWindow: db.prepare(
+      `SELECT d.message_id AS id, (${CLAIMABLE}) AS due FROM deliveries d INDEXED BY deliveries_order
+       WHERE d.route = :route AND d.state = 'queued'
+       ORDER BY d.received_at, d.message_id LIMIT :window`,
+    ),
+    claimableDue: db.prepare(
+      `SELECT d.message_id AS id, d.route FROM deliveries d INDEXED BY deliveries_claim
+       WHERE d.route = :route AND ${CLAIMABLE}
+       GROUP BY d.received_at, d.message_id ORDER BY d.received_at, d.message_id LIMIT :limit`,
     ),
     lease: db.prepare(
       `UPDATE deliveries AS d SET lease_owner = :owner, lease_until = :leaseUntil, next_attempt_at = MIN(d.next_attempt_at, :now)
@@ -294,6 +311,24 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
     return Number(q.deleteMessage.run(id).changes) > 0;
   }
 
+  type Group = { id: string; route: string };
+  type Filter = { now: number; dueBy: number; notAttemptedSince: number | null };
+
+  /** The (message, route) groups a claim leases, oldest first, at most `limit`. */
+  function claimable(o: ClaimOptions, filter: Filter): Group[] {
+    const { limit, route } = o;
+    // A bound, not a NULL test, so that the expiry sweep's walk ends at its age.
+    const select = { ...filter, receivedBefore: o.receivedBefore ?? Number.MAX_SAFE_INTEGER, limit };
+    if (route === undefined) return q.claimableOfAny.all(select) as unknown as Group[];
+    if (filter.dueBy === Number.MAX_SAFE_INTEGER) return q.claimableOfRoute.all({ ...select, route }) as unknown as Group[];
+    const window = CLAIM_WINDOW * limit;
+    const rows = q.claimWindow.all({ ...filter, route, window }) as unknown as { id: string; due: number }[];
+    const ids = new Set(rows.filter((row) => row.due).map((row) => row.id));
+    // Complete when the window held enough, or every queued delivery of the route.
+    if (ids.size >= limit || rows.length < window) return [...ids].slice(0, limit).map((id) => ({ id, route }));
+    return q.claimableDue.all({ ...filter, route, limit }) as unknown as Group[];
+  }
+
   function assertOpen(): void {
     if (!open) throw new Error('sqlite store is closed');
   }
@@ -314,7 +349,7 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
         );
         if (Number(inserted.changes) === 0) return false;
         insertBody(mail.id, mail.body);
-        for (const r of recipients) q.insertDelivery.run(mail.id, r, routes[r] as string, mail.receivedAt);
+        for (const r of recipients) q.insertDelivery.run(mail.id, r, routes[r] as string, mail.receivedAt, mail.receivedAt);
         return true;
       });
     },
@@ -326,11 +361,8 @@ export async function openSqliteStore(path: string, options: { log?: Logger } = 
         dueBy: o.ignoreSchedule || o.receivedBefore !== undefined ? Number.MAX_SAFE_INTEGER : o.now,
         notAttemptedSince: o.notAttemptedSince ?? null,
       };
-      const select = { ...filter, receivedBefore: o.receivedBefore ?? null, limit: o.limit };
       return group.write(() => {
-        const groups = (
-          o.route === undefined ? q.claimableOfAny.all(select) : q.claimableOfRoute.all({ ...select, route: o.route })
-        ) as unknown as { id: string; route: string }[];
+        const groups = claimable(o, filter);
         const claimed: ClaimedMessage[] = [];
         for (const { id, route } of groups) {
           const message = readMessage(id);
