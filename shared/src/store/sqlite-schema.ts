@@ -12,9 +12,11 @@
  *   3  bodies over 1 MiB are kept in parts (body_parts), their `bodies` row empty (issue 9: a
  *      large message is never one SQLite row, which SQLite builds whole in memory). A build of
  *      format 2 would read such a body as empty, so it is refused the file.
- *   4  deliveries carry their message's received_at, indexed with route and state (deliveries_order,
- *      deliveries_age): a claim walks the queued deliveries oldest first and stops at its limit,
- *      where it joined every claimable delivery to its message and sorted them all (issue 9).
+ *   4  deliveries carry their message's received_at, indexed after route and state (deliveries_order)
+ *      and alone (deliveries_age, for the expiry sweep): a claim walks the queued deliveries oldest
+ *      first and stops at its limit, where it joined every claimable delivery to its message and
+ *      sorted them all (issue 9). deliveries_age does not begin with state, so that the queries
+ *      that find a message's deliveries by primary key are not tempted onto it.
  */
 import type { DatabaseSync } from 'node:sqlite';
 import { type Migration, StoreSchemaError, migrationPath } from './schema-version.ts';
@@ -75,7 +77,7 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries (route, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (route, state, received_at, message_id);
-CREATE INDEX IF NOT EXISTS deliveries_age ON deliveries (state, received_at, message_id, route);
+CREATE INDEX IF NOT EXISTS deliveries_age ON deliveries (received_at, message_id, route);
 CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (settled_at);
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at, id);
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
