@@ -13,7 +13,8 @@ import { DatabaseSync } from 'node:sqlite';
 import { describe, it } from 'node:test';
 import { startPrimary, type Received } from './support/primary.ts';
 import { ENTRY, ROOT, spawnService, waitReady } from './support/processes.ts';
-import { writeSqliteV1, writeSqliteV2, type OldMessage } from './support/store-formats.ts';
+import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
+import { writeSqliteV1, writeSqliteV2, writeSqliteV3, type OldMessage } from './support/store-formats.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
 
 const HOUR = 3_600_000;
@@ -111,7 +112,67 @@ function queueAtUpgrade(prefix: string, route: string, now: number): OldMessage[
 }
 
 describe('upgrades keep the queue (SQLite store)', () => {
-  it('a spool in format 2 (0.1.0) is brought to format 3 (bodies in parts) and its queued mail is delivered', async () => {
+  it('a spool in format 3 is brought to format 4 (deliveries carry received_at) and its queued mail is delivered', async () => {
+    const now = Date.now();
+    const { views, log, version } = await upgradeAndDeliver((path, route) => {
+      const held: OldMessage = { id: 'M3D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M3D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
+      const messages = [...queueAtUpgrade('M3', route, now), held];
+      writeSqliteV3(path, messages);
+      return messages;
+    }, { M3A: ['a1@example.test', 'a2@example.test'], M3B: ['b2@example.test'] });
+
+    assert.equal(version, 4);
+    const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
+    assert.equal(migrated.length, 1, 'one log line says so');
+    assert.match(migrated[0] ?? '', /"from":3,"to":4/);
+    assert.deepEqual(views['M3A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
+    assert.deepEqual(views['M3A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
+    assert.deepEqual(views['M3B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
+    assert.deepEqual(views['M3C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user'], 'a failed record stays a record');
+    assert.deepEqual(views['M3D']?.deliveries.map((d) => d.state), ['held'], 'held mail stays held');
+  });
+
+  it('after the migration from format 3, every queued delivery is claimable in the order the mail was received: by route, by flush, by the expiry sweep', async () => {
+    const dir = tempDir();
+    const path = join(dir.path, 'spool.sqlite');
+    const now = Date.now();
+    // Written neither in id nor in received order (oldest: Q3, Q1, Q5, Q2, Q4); Q1 has a recipient on each route.
+    const message = (id: string, age: number, recipients: OldMessage['recipients']): OldMessage => ({ id, from: 'sender@origin.test', receivedAt: now - age * HOUR, body: body(id), recipients });
+    const queued = (address: string, route = 'r1') => ({ address, route, state: 'queued' as const });
+    const deferred = (address: string) => ({ address, route: 'r1', state: 'queued' as const, attempts: 1, lastAttemptAt: now - HOUR, nextAttemptAt: now + HOUR, lastReply: '451 4.3.0 later' });
+    writeSqliteV3(path, [
+      message('Q1', 4, [queued('a@example.test'), queued('a2@example.test', 'r2')]),
+      message('Q2', 2, [deferred('b@example.test')]),
+      message('Q3', 5, [queued('c@example.test')]),
+      message('Q4', 1, [queued('d@example.test'), { address: 'd2@example.test', route: 'r1', state: 'delivered', attempts: 1, lastAttemptAt: now - HOUR, lastReply: '250 ok' }]),
+      message('Q5', 3, [queued('e@example.test'), deferred('e2@example.test')]),
+    ]);
+    const store = await openSqliteStore(path);
+    try {
+      const claimed = async (options: Partial<Parameters<typeof store.claim>[0]>) =>
+        (await store.claim({ now, leaseMs: 1000, owner: `o${Math.random()}`, limit: 10, ...options })).map((c) => `${c.message.id} ${c.route} ${c.deliveries.map((d) => d.recipient).join(',')}`);
+      // Peeks (leases of one ms, each over when the next begins) in each of the claim's variants.
+      assert.deepEqual(await claimed({ route: 'r1', now: now - 3, leaseMs: 1, limit: 2 }), ['Q3 r1 c@example.test', 'Q1 r1 a@example.test'], 'due on r1, oldest first, at most limit');
+      assert.deepEqual(await claimed({ route: 'r1', now: now - 2, leaseMs: 1, ignoreSchedule: true, notAttemptedSince: now - 2 * HOUR }),
+        ['Q3 r1 c@example.test', 'Q1 r1 a@example.test', 'Q5 r1 e@example.test', 'Q4 r1 d@example.test'], 'a flush: what was attempted since it began stays out');
+      assert.deepEqual(await claimed({ now: now - 1, leaseMs: 1, receivedBefore: now - 2.5 * HOUR }),
+        ['Q3 r1 c@example.test', 'Q1 r1 a@example.test', 'Q1 r2 a2@example.test', 'Q5 r1 e@example.test,e2@example.test'], 'the expiry sweep, any route, due or not');
+      // And for real: everything queued, each once, in order.
+      assert.deepEqual(await claimed({ route: 'r1', ignoreSchedule: true }), ['Q3 r1 c@example.test', 'Q1 r1 a@example.test', 'Q5 r1 e@example.test,e2@example.test', 'Q2 r1 b@example.test', 'Q4 r1 d@example.test']);
+      assert.deepEqual(await claimed({ route: 'r2' }), ['Q1 r2 a2@example.test']);
+      assert.deepEqual(await claimed({ ignoreSchedule: true }), [], 'all leased');
+    } finally {
+      await store.close();
+    }
+    const file = new DatabaseSync(path, { readOnly: true });
+    assert.equal((file.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 4);
+    const ages = file.prepare('SELECT d.message_id AS id, COUNT(*) AS n FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.received_at = m.received_at GROUP BY d.message_id ORDER BY d.message_id').all();
+    assert.deepEqual(ages.map((r) => `${r['id']} ${r['n']}`), ['Q1 2', 'Q2 1', 'Q3 1', 'Q4 2', 'Q5 2'], 'every delivery has its message\'s received_at');
+    file.close();
+    dir.remove();
+  });
+
+  it('a spool in format 2 (0.1.0) is brought to format 4 and its queued mail is delivered', async () => {
     const now = Date.now();
     const { views, log, version } = await upgradeAndDeliver((path, route) => {
       const held: OldMessage = { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
@@ -120,10 +181,10 @@ describe('upgrades keep the queue (SQLite store)', () => {
       return messages;
     }, { M2A: ['a1@example.test', 'a2@example.test'], M2B: ['b2@example.test'] });
 
-    assert.equal(version, 3);
+    assert.equal(version, 4);
     const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
-    assert.equal(migrated.length, 1, 'format 2 gains the body_parts table, and one log line says so');
-    assert.match(migrated[0] ?? '', /"from":2,"to":3/);
+    assert.equal(migrated.length, 1, 'format 2 gains the body_parts table and received_at, and one log line says so');
+    assert.match(migrated[0] ?? '', /"from":2,"to":4/);
     assert.deepEqual(views['M2A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
     assert.deepEqual(views['M2A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
     assert.deepEqual(views['M2B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
@@ -139,10 +200,10 @@ describe('upgrades keep the queue (SQLite store)', () => {
       return messages;
     }, { M1A: ['a1@example.test', 'a2@example.test'], M1B: ['b2@example.test'] });
 
-    assert.equal(version, 3, 'the file is in the current format afterwards');
+    assert.equal(version, 4, 'the file is in the current format afterwards');
     const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
     assert.equal(migrated.length, 1, 'one log line says so');
-    assert.match(migrated[0] ?? '', /"from":1,"to":3/);
+    assert.match(migrated[0] ?? '', /"from":1,"to":4/);
     assert.deepEqual(views['M1A']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['a1@example.test delivered', 'a2@example.test delivered']);
     assert.deepEqual(views['M1B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b2@example.test delivered'], 'format 1 had deleted b1 (delivered)');
     assert.deepEqual(views['M1C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user']);
@@ -161,11 +222,11 @@ describe('store files this build cannot use are refused, untouched', () => {
     const dir = tempDir();
     try {
       const path = join(dir.path, 'spool.sqlite');
-      writeSqliteV2(path, [one], { version: 4, journal: 'DELETE' });
+      writeSqliteV3(path, [one], { version: 5, journal: 'DELETE' });
       const before = readFileSync(path);
       const { code, stderr } = start(dir.path);
       assert.equal(code, 78);
-      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: store schema 4 is newer than this build's 3 (written by a newer backupmx); run that version or a later one, the store was left unchanged\n`);
+      assert.equal(stderr, `backupmx all: configuration: DATA_DIR: ${path}: store schema 5 is newer than this build's 4 (written by a newer backupmx); run that version or a later one, the store was left unchanged\n`);
       assert.ok(readFileSync(path).equals(before), 'the file is unchanged');
     } finally {
       dir.remove();

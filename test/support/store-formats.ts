@@ -127,12 +127,32 @@ CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, seq);
 CREATE INDEX IF NOT EXISTS cache_expiry ON cache (expires_at);
 `;
 
-/** `version` other than 2: the same tables under another user_version (a file from a newer build). */
-export function writeSqliteV2(path: string, messages: OldMessage[], options: { version?: number; journal?: 'WAL' | 'DELETE' } = {}): void {
+/** Format 2 (0.1.0, user_version 2). */
+export function writeSqliteV2(path: string, messages: OldMessage[]): void {
+  writeV2orV3(V2, 2, path, messages);
+}
+
+/** Format 3 (issue 9: bodies over 1 MiB in parts, user_version 3): format 2 and the table body_parts. */
+const V3 = `${V2}
+CREATE TABLE IF NOT EXISTS body_parts (
+  message_id TEXT NOT NULL,
+  seq        INTEGER NOT NULL,
+  part       BLOB NOT NULL,
+  PRIMARY KEY (message_id, seq)
+);
+`;
+
+/** `version` other than 3: the same tables under another user_version (a file from a newer build). */
+export function writeSqliteV3(path: string, messages: OldMessage[], options: { version?: number; journal?: 'WAL' | 'DELETE' } = {}): void {
+  writeV2orV3(V3, options.version ?? 3, path, messages, options.journal);
+}
+
+/** Formats 2 and 3 store a message alike (the test bodies are small: no parts). */
+function writeV2orV3(schema: string, version: number, path: string, messages: OldMessage[], journal: 'WAL' | 'DELETE' = 'WAL'): void {
   mkdirSync(dirname(path), { recursive: true });
   const db = new DatabaseSync(path);
-  db.exec(`PRAGMA journal_mode = ${options.journal ?? 'WAL'}`);
-  db.exec(V2);
+  db.exec(`PRAGMA journal_mode = ${journal}`);
+  db.exec(schema);
   for (const m of messages) {
     const recipients = m.recipients.map((r) => r.address);
     const envelope = { mailFrom: m.from, rcptTo: recipients, clientHelo: 'client.origin.test', clientAddress: '192.0.2.7' };
@@ -151,6 +171,6 @@ export function writeSqliteV2(path: string, messages: OldMessage[], options: { v
       }
     }
   }
-  db.exec(`PRAGMA user_version = ${options.version ?? 2}`);
+  db.exec(`PRAGMA user_version = ${version}`);
   db.close();
 }
