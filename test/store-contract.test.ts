@@ -264,6 +264,26 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
       assert.deepEqual(await store.claim({ route: 'r3', now, leaseMs: MIN, owner: 'w1', limit: 10 }), []);
     });
 
+    it('a claim finds the oldest due work however much is deferred or leased ahead of it, and however far behind', async () => {
+      // 12 messages deferred to later, 3 leased, then 4 due; received in that order, put in reverse.
+      const ids = Array.from({ length: 19 }, (_, i) => `m${String(i).padStart(2, '0')}`);
+      for (const [i, id] of [...ids.entries()].reverse()) await store.put(mail(id, [`${id}@x.test`], T0 + i), via('r1', [`${id}@x.test`]));
+      const ahead = await store.claim({ route: 'r1', now: T0 + MIN, leaseMs: 10 * MIN, owner: 'w0', limit: 15 });
+      assert.equal(ahead.length, 15);
+      for (const c of ahead.slice(0, 12)) {
+        await store.settle(c.message.id, 'w0', [{ recipient: `${c.message.id}@x.test`, result: 'deferred', reply: '451 later', nextAttemptAt: T0 + 60 * MIN }], T0 + MIN);
+      }
+      const now = T0 + 2 * MIN;
+      for (const [limit, expected] of [[1, ['m15']], [2, ['m16', 'm17']], [10, ['m18']]] as const) {
+        const claimed = await store.claim({ route: 'r1', now, leaseMs: MIN, owner: `w${limit}`, limit });
+        assert.deepEqual(claimed.map((c) => c.message.id), expected, `limit ${limit}`);
+      }
+      assert.deepEqual(await store.claim({ route: 'r1', now, leaseMs: MIN, owner: 'w9', limit: 1 }), [], 'nothing due is left');
+      // A flush takes the deferred ones too, oldest first, and not the leased.
+      const flushed = await store.claim({ route: 'r1', now, ignoreSchedule: true, leaseMs: MIN, owner: 'w8', limit: 3 });
+      assert.deepEqual(flushed.map((c) => c.message.id), ['m00', 'm01', 'm02']);
+    });
+
     it('a claimed delivery is not claimable again until its lease expires, then it is', async () => {
       await store.put(mail('m1', ['a@x.test'], T0), via('r1', ['a@x.test']));
       const leaseMs = 5 * MIN;
