@@ -1,9 +1,10 @@
 /**
- * `node bench/claim.ts [--messages 5000,50000]`: what one claim() costs over a backlog of the SQLite
+ * `node bench/claim.ts [--messages 5000,50000] [--max-claims 250] [--in-hand 160]`: what one claim() costs over a backlog of the SQLite
  * store (issue 9: the claim query sorted the whole backlog at each claim). For each backlog size,
  * three cases, each printing ms per claim:
  *   flush      the deliverer's flush after the primary returns (ignoreSchedule + notAttemptedSince),
- *              as its pipeline does it: 40 in hand, 20 settled then 20 more claimed, until empty;
+ *              as its pipeline does it: --in-hand (160) in hand, half settled then as many more
+ *              claimed, until empty (or --max-claims);
  *   scheduled  the same drain with ordinary claims (everything is due);
  *   deferred   the whole backlog deferred to later and 20 new messages due: ordinary claims that
  *              find the 20 (what each new message's claim costs while the primary defers).
@@ -20,13 +21,14 @@ import type { ClaimedMessage } from '../shared/src/types.ts';
 import { tempDir } from '../test/support/util.ts';
 
 const { values: args } = parseArgs({
-  options: { messages: { type: 'string', default: '5000,50000' }, 'max-claims': { type: 'string', default: '250' } },
+  options: { messages: { type: 'string', default: '5000,50000' }, 'max-claims': { type: 'string', default: '250' }, 'in-hand': { type: 'string', default: '160' } },
 });
 const sizes = args.messages.split(',').map(Number);
 /** A drain stops after this many claims (the 50,000 backlog would take thousands): enough to know what one costs. */
 const MAX_CLAIMS = Number(args['max-claims']);
 const ROUTE = 'primary';
-const IN_HAND = 40;
+/** What the deliverer keeps in hand: 8 x DELIVERY_CONCURRENCY (default 20). */
+const IN_HAND = Number(args['in-hand']);
 const MIN = 60_000;
 const T0 = Date.now() - 60 * MIN;
 const body = Buffer.alloc(4096, 'x');
