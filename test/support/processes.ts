@@ -48,11 +48,19 @@ export function spawnModule(source: string, dir: string, options: SpawnOptions =
 let modules = 0;
 
 /**
- * Start a backupmx entry point as its own process (Node 24, type stripping, as `npm start` does),
+ * The V8 flags every way of starting a service passes (package.json's start scripts, deno.json's
+ * tasks as --v8-flags, both Dockerfiles): a young generation of 8 MiB semi-spaces instead of V8's
+ * 64 MiB under load (issue 9: about 100 MiB of a process's peak RSS). Deno takes them as Node's
+ * when it spawns its own executable. test/v8-flags.test.ts checks that all of them agree.
+ */
+export const V8_FLAGS = ['--max-semi-space-size=8'] as const;
+
+/**
+ * Start a backupmx entry point as its own process (Node 24, type stripping, V8_FLAGS, as `npm start` does),
  * with exactly `env` plus PATH; its output goes to LOG_DIR/<name>.log for post-mortems.
  */
 export function spawnService(name: string, entry: keyof typeof ENTRY, env: Record<string, string>, logDir: string): Service {
-  return spawnCommand(name, [process.execPath, join(ROOT, ENTRY[entry])], env, logDir);
+  return spawnCommand(name, [process.execPath, ...V8_FLAGS, join(ROOT, ENTRY[entry])], env, logDir);
 }
 
 /**
