@@ -1,6 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import { assembleContentInPlace } from './amqp-content.ts';
 import { createAmqpDeadLetters } from './amqp-dead-letters.ts';
 import { TOPOLOGY, type Broker, type EventKey, type EventPayload, type MailDisposition } from './broker.ts';
 import type { Logger } from '../runtime/logger.ts';
@@ -66,6 +67,7 @@ export function decodeMail(message: Pick<ConsumeMessage, 'content' | 'properties
  * publishMail rejects at once so ingress can answer 451.
  */
 export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Promise<void> } {
+  assembleContentInPlace(); // a large message's body received once, not as frames plus their join
   const { log } = options;
   let connection: ChannelModel | null = null;
   let publisher: ConfirmChannel | null = null;
