@@ -6,6 +6,7 @@ import { createAmqpDeadLetters } from './amqp-dead-letters.ts';
 import { TOPOLOGY, type Broker, type EventKey, type EventPayload, type MailDisposition } from './broker.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { brokerReconnects, messagesDeadLettered } from '../runtime/metrics.ts';
+import { bodyReleased } from '../runtime/young-gc.ts';
 import type { Envelope, ReceivedMail } from '../types.ts';
 
 export interface AmqpOptions {
@@ -221,6 +222,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
             }
             if (disposition === 'stored') channel.ack(message);
             else channel.nack(message, false, false);
+            bodyReleased(message.content.length); // a large one: freed now, not when V8's heap next fills
           })().catch((error: unknown) => log.warn({ err: error }, 'could not settle a delivery; RabbitMQ will redeliver it'));
           inFlight.add(work);
           void work.finally(() => inFlight.delete(work));
