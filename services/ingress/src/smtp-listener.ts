@@ -264,6 +264,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length, 'client.address': session.remoteAddress } }, async (span) => {
       const carrier: Record<string, string> = {};
       propagation.inject(context.active(), carrier);
+      const written = deps.disk?.admit(raw.length);
       try {
         await broker.publishMail({ id, envelope, body: raw, receivedAt: Date.now(), trace: carrier });
         log.info({ ...fields, size: raw.length, tls: Boolean(tlsSession) }, 'message accepted');
@@ -274,6 +275,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
         log.warn({ ...fields, err: error }, 'message not accepted: broker did not confirm');
         throw replyError({ code: 451, status: '4.3.0', text: 'Temporary failure: message not queued, try again later' });
       } finally {
+        written?.();
         span.end();
       }
     });
