@@ -1,5 +1,7 @@
 import type { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
+// Before mailauth: it replaces the SPF function mailauth takes when it is loaded.
+import { SPF_CACHE_OPTION, type SpfCache } from './spf-cache.ts';
 import { authenticate, type AuthenticateResult } from 'mailauth';
 import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
@@ -16,6 +18,8 @@ export interface SenderAuthInput {
   resolver: Resolver;
   /** For the whole evaluation; each lookup has its own (shorter) limit in `resolver`. */
   timeoutMs: number;
+  /** SPF verdicts to reuse (with the resolver's own DNS cache); absent: every message is checked afresh. */
+  spfCache?: SpfCache | null;
 }
 
 export interface SenderAuthResult {
@@ -54,6 +58,7 @@ export async function evaluateSender(input: SenderAuthInput): Promise<SenderAuth
         mta: input.hostname,
         resolver: input.resolver as never,
         disableBimi: true,
+        ...(input.spfCache ? { [SPF_CACHE_OPTION]: input.spfCache } : {}),
       }),
       timeout,
     ]);

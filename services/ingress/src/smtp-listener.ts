@@ -24,6 +24,7 @@ import { receivedHeader } from './received-header.ts';
 import type { RecipientValidation } from './recipient-validation.ts';
 import { asciiAddress, checkRecipient } from '../../../shared/src/rules/relay-policy.ts';
 import { dmarcRefusal, evaluateSender } from './sender-auth.ts';
+import type { SpfCache } from './spf-cache.ts';
 import { MIN_TLS_VERSION, type TlsFiles } from './tls-files.ts';
 
 /** Received headers above which a message is taken to be looping (Postfix hopcount_limit). */
@@ -37,6 +38,8 @@ export interface ListenerDeps {
   limits: ClientLimits;
   /** DNS for sender authentication and DNSBLs, each lookup already limited to DNS_TIMEOUT. */
   resolver: Resolver;
+  /** SPF verdicts reused for a few seconds, over `resolver` (which caches DNS answers); null: none. */
+  spfCache: SpfCache | null;
   /** STARTTLS certificate and key; null: no STARTTLS. */
   tls: TlsFiles | null;
   /** PROXY protocol from the balancers in PROXY_FROM; null: none trusted. */
@@ -223,6 +226,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
         mailFrom,
         hostname: config.SMTP_HOSTNAME,
         resolver: deps.resolver,
+        spfCache: deps.spfCache,
         timeoutMs: 3 * config.DNS_TIMEOUT,
       });
       if (auth.timedOut) log.warn({ ...fields }, 'sender authentication timed out');
