@@ -15,7 +15,7 @@ import { receivedHeader } from '../services/ingress/src/received-header.ts';
 import { createRecipientFile, listAccepts, parseRecipientList } from '../services/ingress/src/recipient-list.ts';
 import { createVerifier } from '../services/ingress/src/recipient-verifier.ts';
 import { asciiAddress } from '../shared/src/rules/relay-policy.ts';
-import { authResultsField, dmarcRefusal, evaluateSender } from '../services/ingress/src/sender-auth.ts';
+import { authResultsField, dmarcRefusal, evaluateSender, needsBody } from '../services/ingress/src/sender-auth.ts';
 import { createSpfCache, type SpfCache } from '../services/ingress/src/spf-cache.ts';
 import { countsAsError, libraryStatus, nonAsciiRefusal } from '../services/ingress/src/smtp-server-patches.ts';
 import { keepAlive, tempDir } from './support/util.ts';
@@ -279,6 +279,27 @@ describe('sender authentication helpers', () => {
     assert.equal(spfLookups(), 5, 'a temporary error is not remembered');
     spfTimesOut = false;
     assert.match((await check('192.0.2.1')).header, /spf=pass/);
+  });
+
+  it('judges unsigned mail on its header section alone, with the verdict of the whole message; signed mail needs its body', async () => {
+    const resolver = async (name: string, rrtype: string): Promise<unknown[]> => {
+      if (rrtype === 'TXT' && name === 'origin.test') return [['v=spf1 ip4:192.0.2.1 -all']];
+      if (rrtype === 'TXT' && name === '_dmarc.origin.test') return [['v=DMARC1; p=reject']];
+      throw Object.assign(new Error('nx'), { code: 'ENOTFOUND' });
+    };
+    const head = 'From: <a@origin.test>\r\nTo: <u@example.test>\r\nSubject: hi\r\nX-DKIM-Signature: not one\r\n\r\n';
+    const check = (message: Buffer, clientAddress: string) =>
+      evaluateSender({ message, clientAddress, helo: 'mail.origin.test', mailFrom: 'a@origin.test', hostname: 'mx.example.test', resolver, timeoutMs: 5000 });
+    assert.equal(needsBody(Buffer.from(head)), false);
+    for (const client of ['192.0.2.1', '192.0.2.9']) {
+      const whole = await check(Buffer.from(`${head}body\nwith a bare LF\r\nDKIM-Signature: in the body\r\n`), client);
+      const alone = await check(Buffer.from(head), client);
+      assert.equal(alone.header, whole.header);
+      assert.deepEqual(alone.dmarc, whole.dmarc);
+    }
+    assert.equal(needsBody(Buffer.from(`DKIM-Signature: v=1; d=origin.test\r\n${head}`)), true);
+    assert.equal(needsBody(Buffer.from(`Received: x\r\ndkim-signature : v=1\r\n${head}`)), true);
+    assert.equal(needsBody(Buffer.from(`ARC-Seal: i=1\r\n${head}`)), true);
   });
 
   it('limits a DNS lookup in time, reporting ETIMEOUT', async () => {

@@ -23,7 +23,7 @@ import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
 import type { RecipientValidation } from './recipient-validation.ts';
 import { asciiAddress, checkRecipient } from '../../../shared/src/rules/relay-policy.ts';
-import { dmarcRefusal, evaluateSender } from './sender-auth.ts';
+import { dmarcRefusal, evaluateSender, needsBody } from './sender-auth.ts';
 import type { SpfCache } from './spf-cache.ts';
 import { MIN_TLS_VERSION, type TlsFiles } from './tls-files.ts';
 
@@ -211,7 +211,8 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       log.info({ ...fields }, 'message refused: header too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message header size exceeds limit of ${config.MAX_HEADER_SIZE} bytes` });
     }
-    const hops = countReceived(leadingBytes(message.chunks, message.headerSize));
+    const headerSection = leadingBytes(message.chunks, message.headerSize);
+    const hops = countReceived(headerSection);
     if (hops > HOP_LIMIT) {
       log.warn({ ...fields, hops }, 'message refused: mail loop');
       throw replyError({ code: 554, status: '5.4.6', text: `Too many hops (${hops} Received headers): mail loop?` });
@@ -220,7 +221,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     let authResults = '';
     if (config.SENDER_AUTH) {
       const auth = await evaluateSender({
-        message: Readable.from(message.chunks, { objectMode: false }),
+        message: needsBody(headerSection) ? Readable.from(message.chunks, { objectMode: false }) : headerSection,
         clientAddress: session.remoteAddress,
         helo,
         mailFrom,
