@@ -98,7 +98,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     closeTimeout: 20_000,
     logger: false,
     // Read by smtp-server-patches.ts (and proxyProtocol by proxy-protocol.ts).
-    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS, ...(deps.proxy ? { proxyProtocol: deps.proxy } : {}) } as object),
+    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS, closeAfterQuit: true, ...(deps.proxy ? { proxyProtocol: deps.proxy } : {}) } as object),
 
     onConnect(session, callback) {
       const client = session.remoteAddress;
