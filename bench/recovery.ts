@@ -106,6 +106,9 @@ async function killRound(): Promise<{ claimed: number; claimedMs: number; allMs:
       LOG_LEVEL: 'warn',
       HTTP_HOST: '127.0.0.1',
       AMQP_URL: vhost.url,
+      // 40 claimed deliveries in hand per deliverer, so that both hold some of the 100 (at the
+      // default DELIVERY_CONCURRENCY of 20 the first to claim takes them all).
+      DELIVERY_CONCURRENCY: '5',
     };
     const start = async (name: string, entry: 'spool' | 'health' | 'deliverer' | 'ingress') => {
       const service = spawnService(name, entry, { ...env, HTTP_PORT: String(await freePort()) }, join(dir.path, 'logs'));
@@ -170,7 +173,7 @@ if (args.case !== 'kill') {
   }
 }
 if (args.case !== 'primary') {
-  console.log(`deliverer killed mid-flush: four services over RabbitMQ, two deliverers, default DELIVERY_LEASE, 100 messages, primary 300 ms per message, ${ROUNDS} rounds`);
+  console.log(`deliverer killed mid-flush: four services over RabbitMQ, two deliverers, default DELIVERY_LEASE, DELIVERY_CONCURRENCY=5, 100 messages, primary 300 ms per message, ${ROUNDS} rounds`);
   const results = [];
   for (let i = 1; i <= ROUNDS; i++) {
     const result = await killRound();

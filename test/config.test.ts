@@ -78,7 +78,8 @@ describe('config: defaults', () => {
     assert.equal(config.QUEUE_LIFETIME, 5 * 24 * 3600 * 1000);
     assert.deepEqual(config.RETRY_SCHEDULE, [60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 3600_000]);
     assert.equal(config.PROBE_INTERVAL, 10_000);
-    assert.equal(config.PROBE_INTERVAL_DOWN, 1_000);
+    assert.equal(config.PROBE_INTERVAL_DOWN, 250);
+    assert.equal(config.DELIVERY_CONCURRENCY, 20);
     assert.equal(config.DELIVERY_LEASE, 20_000);
     assert.equal(config.PROBE_TIMEOUT, 10_000);
     assert.equal(config.PROBE_FAILURES, 3);

@@ -39,6 +39,9 @@ describe('two deliverers over RabbitMQ, default DELIVERY_LEASE, one SIGKILLed mi
       PROBE_INTERVAL: '500ms',
       PROBE_INTERVAL_DOWN: '500ms',
       PROBE_TIMEOUT: '1s',
+      // 5 connections, 40 claimed deliveries in hand each: the two deliverers split the 100, so the
+      // one killed holds claims (at the default 20 one deliverer takes all 100 at its first claim).
+      DELIVERY_CONCURRENCY: '5',
     };
     const start = async (name: string, entry: 'ingress' | 'spool' | 'health' | 'deliverer') => {
       const service = spawnService(`kill-${name}`, entry, { ...env, HTTP_PORT: String(await freePort()) }, join(dir.path, 'logs'));
