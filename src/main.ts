@@ -33,7 +33,7 @@ await deliverer.start();
 const monitor = createMonitor(config, broker, log);
 monitor.start();
 // The SQLite store writes under DATA_DIR: keep DISK_HEADROOM free there for the queue's own writes.
-const disk = !config.MONGODB_URL && diskHeadroom(config) > 0 ? createDiskHeadroom(config.DATA_DIR, diskHeadroom(config), () => store.spareBytes?.() ?? 0) : null;
+const disk = !config.MONGODB_URL && diskHeadroom(config) > 0 ? createDiskHeadroom(config.DATA_DIR, diskHeadroom(config), { spare: () => store.spareBytes?.() ?? 0 }) : null;
 const ingress = await startIngress(config, broker, log, { store, disk });
 const http = await startHttp({
   host: config.HTTP_HOST,

@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createDiskHeadroom, MEASURE_EVERY_MS } from '../shared/src/runtime/disk-headroom.ts';
 import { metric } from './support/metrics.ts';
 import { startPrimary } from './support/primary.ts';
 import { oneProcessEnv, spawnService, waitReady, type Service } from './support/processes.ts';
@@ -106,5 +107,53 @@ describe('DISK_HEADROOM: a full disk does not wedge the queue', () => {
     } finally {
       await primary.close();
     }
+  });
+});
+
+/** createDiskHeadroom on a file system whose free space the test sets (in MiB). */
+function fakeDisk(thresholdMiB: number) {
+  const MiB = 1024 * 1024;
+  const disk = { freeMiB: 0, asked: 0, at: 0 };
+  const headroom = createDiskHeadroom('/nowhere', thresholdMiB * MiB, {
+    now: () => disk.at,
+    statfs: () => (disk.asked++, { bavail: disk.freeMiB * 256, bsize: 4096 }),
+  });
+  const freeMiB = () => (headroom.check().free ?? NaN) / MiB;
+  return { disk, headroom, freeMiB, MiB };
+}
+
+describe('DISK_HEADROOM between two measurements', () => {
+  it('reuses a measurement for MEASURE_EVERY_MS while far above the threshold', () => {
+    const { disk, headroom } = fakeDisk(10);
+    disk.freeMiB = 1000;
+    for (let i = 0; i < 5; i++) assert.equal(headroom.check().low, false);
+    assert.equal(disk.asked, 1);
+    disk.at += MEASURE_EVERY_MS;
+    headroom.check();
+    assert.equal(disk.asked, 2);
+  });
+
+  it('counts admitted mail (three times its size) as used until a measurement after its write, and measures at every question near the threshold', () => {
+    const { disk, headroom, freeMiB, MiB } = fakeDisk(10);
+    disk.freeMiB = 100;
+    assert.equal(freeMiB(), 100);
+    const first = headroom.admit(20 * MiB);
+    assert.equal(freeMiB(), 40, 'the estimate, without asking the file system again');
+    assert.equal(disk.asked, 1);
+    // A burst: the estimate comes within twice the threshold, so the file system is asked, and
+    // what is still being written counts on top of its answer.
+    const second = headroom.admit(11 * MiB);
+    assert.deepEqual(headroom.check(), { free: 7 * MiB, low: true });
+    assert.equal(disk.asked, 2);
+    // Written: the file system shows it, and nothing is counted twice.
+    first();
+    second();
+    disk.freeMiB = 69;
+    assert.deepEqual(headroom.check(), { free: 69 * MiB, low: false });
+    disk.freeMiB = 15;
+    disk.at += MEASURE_EVERY_MS;
+    const asked = disk.asked;
+    for (let i = 0; i < 3; i++) assert.equal(freeMiB(), 15);
+    assert.equal(disk.asked, asked + 3, 'within twice the threshold every question is a measurement');
   });
 });

@@ -225,6 +225,23 @@ describe('ingress: hostile input', () => {
     await waitFor('the connection to close', () => smtp.closed());
   });
 
+  it('closes the connection after the 221 to QUIT, as Postfix does, without answering what came after it', async () => {
+    // A client that never closes its side: the server's FIN must come anyway, right after the 221.
+    const socket = connect({ port: system.port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.setEncoding('latin1');
+    let received = '';
+    socket.on('data', (data: string) => (received += data));
+    const ended = new Promise((resolve) => socket.once('end', resolve));
+    await waitFor('the greeting', () => received.includes('\r\n'));
+    socket.write('EHLO client.origin.test\r\nQUIT\r\nNOOP\r\n');
+    await ended;
+    assert.match(received, /^220 [^\r]*\r\n250-[^]*\r\n221 2\.0\.0 Bye\r\n$/);
+    // Well before smtp-server's own 5 s limit for a client that does not close after QUIT.
+    await waitFor('the server to let go of the session', () => system.ingress.connections() === 0 && system.ingress.counted().connections === 0, 2000);
+    socket.destroy();
+    await assertStillServing(system);
+  });
+
   it('drops a client that disconnects mid-DATA, stores nothing, and leaks no connection', async () => {
     const before = await stored(system);
     const smtp = await session();

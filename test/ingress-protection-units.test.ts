@@ -15,7 +15,8 @@ import { receivedHeader } from '../services/ingress/src/received-header.ts';
 import { createRecipientFile, listAccepts, parseRecipientList } from '../services/ingress/src/recipient-list.ts';
 import { createVerifier } from '../services/ingress/src/recipient-verifier.ts';
 import { asciiAddress } from '../shared/src/rules/relay-policy.ts';
-import { authResultsField, dmarcRefusal } from '../services/ingress/src/sender-auth.ts';
+import { authResultsField, dmarcRefusal, evaluateSender, needsBody } from '../services/ingress/src/sender-auth.ts';
+import { createSpfCache, type SpfCache } from '../services/ingress/src/spf-cache.ts';
 import { countsAsError, libraryStatus, nonAsciiRefusal } from '../services/ingress/src/smtp-server-patches.ts';
 import { keepAlive, tempDir } from './support/util.ts';
 
@@ -239,6 +240,66 @@ describe('sender authentication helpers', () => {
     now = 1001;
     await resolve('a.test', 'TXT');
     assert.equal(asked.at(-1), 'TXT a.test', 'asked again once the answer expired');
+  });
+
+  it('reuses an SPF verdict for the same client, HELO and sender, never one from a temporary error, with the same header as a fresh check', async () => {
+    let now = 0;
+    const asked: string[] = [];
+    let spfTimesOut = false;
+    const resolver = async (name: string, rrtype: string): Promise<unknown[]> => {
+      asked.push(`${rrtype} ${name}`);
+      if (rrtype === 'TXT' && name === 'origin.test') {
+        if (spfTimesOut) throw Object.assign(new Error('timeout'), { code: 'ETIMEOUT' });
+        return [['v=spf1 ip4:192.0.2.1 -all']];
+      }
+      throw Object.assign(new Error('nx'), { code: 'ENOTFOUND' });
+    };
+    const spfCache = createSpfCache({ ttlMs: 1000, maxEntries: 10, now: () => now });
+    const message = Buffer.from('From: <a@origin.test>\r\nSubject: hi\r\n\r\nbody\r\n');
+    const check = (clientAddress: string, cache: SpfCache | null = spfCache) =>
+      evaluateSender({ message, clientAddress, helo: 'mail.origin.test', mailFrom: 'a@origin.test', hostname: 'mx.example.test', resolver, timeoutMs: 5000, spfCache: cache });
+    const spfLookups = () => asked.filter((question) => question === 'TXT origin.test').length;
+
+    const fresh = await check('192.0.2.1', null);
+    assert.match(fresh.header, /spf=pass/);
+    const [first, second] = await Promise.all([check('192.0.2.1'), check('192.0.2.1')]);
+    assert.equal(spfLookups(), 2, 'one check for both concurrent messages');
+    assert.equal((await check('192.0.2.1')).header, fresh.header);
+    assert.equal(first.header, fresh.header);
+    assert.equal(second.header, fresh.header);
+    assert.equal(spfLookups(), 2);
+    assert.ok(asked.filter((question) => question === 'TXT _dmarc.origin.test').length >= 4, 'DKIM and DMARC are still evaluated for every message');
+    assert.match((await check('192.0.2.9')).header, /spf=fail/, 'another client, another verdict');
+    assert.equal(spfLookups(), 3);
+
+    now = 1001;
+    spfTimesOut = true;
+    assert.match((await check('192.0.2.1')).header, /spf=temperror/, 'asked again once the verdict expired');
+    assert.match((await check('192.0.2.1')).header, /spf=temperror/);
+    assert.equal(spfLookups(), 5, 'a temporary error is not remembered');
+    spfTimesOut = false;
+    assert.match((await check('192.0.2.1')).header, /spf=pass/);
+  });
+
+  it('judges unsigned mail on its header section alone, with the verdict of the whole message; signed mail needs its body', async () => {
+    const resolver = async (name: string, rrtype: string): Promise<unknown[]> => {
+      if (rrtype === 'TXT' && name === 'origin.test') return [['v=spf1 ip4:192.0.2.1 -all']];
+      if (rrtype === 'TXT' && name === '_dmarc.origin.test') return [['v=DMARC1; p=reject']];
+      throw Object.assign(new Error('nx'), { code: 'ENOTFOUND' });
+    };
+    const head = 'From: <a@origin.test>\r\nTo: <u@example.test>\r\nSubject: hi\r\nX-DKIM-Signature: not one\r\n\r\n';
+    const check = (message: Buffer, clientAddress: string) =>
+      evaluateSender({ message, clientAddress, helo: 'mail.origin.test', mailFrom: 'a@origin.test', hostname: 'mx.example.test', resolver, timeoutMs: 5000 });
+    assert.equal(needsBody(Buffer.from(head)), false);
+    for (const client of ['192.0.2.1', '192.0.2.9']) {
+      const whole = await check(Buffer.from(`${head}body\nwith a bare LF\r\nDKIM-Signature: in the body\r\n`), client);
+      const alone = await check(Buffer.from(head), client);
+      assert.equal(alone.header, whole.header);
+      assert.deepEqual(alone.dmarc, whole.dmarc);
+    }
+    assert.equal(needsBody(Buffer.from(`DKIM-Signature: v=1; d=origin.test\r\n${head}`)), true);
+    assert.equal(needsBody(Buffer.from(`Received: x\r\ndkim-signature : v=1\r\n${head}`)), true);
+    assert.equal(needsBody(Buffer.from(`ARC-Seal: i=1\r\n${head}`)), true);
   });
 
   it('limits a DNS lookup in time, reporting ETIMEOUT', async () => {

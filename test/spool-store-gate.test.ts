@@ -101,7 +101,7 @@ describe('spool while DATA_DIR is below DISK_HEADROOM (four services, SQLite)', 
   const log = pino({ level: 'info' }, new Writable({ write: (chunk, _enc, done) => void (lines.push(String(chunk)), done()) }));
   let store: Store;
   let low = true;
-  const disk = { threshold: 2_000_000, check: () => ({ free: low ? 1_000 : 10_000_000, low }) };
+  const disk = { threshold: 2_000_000, check: () => ({ free: low ? 1_000 : 10_000_000, low }), admit: () => () => {} };
   const broker = createAmqpBroker({ url: vhost.url, name: 'spool-disk-test', confirmTimeoutMs: 5000, log });
 
   before(async () => {

@@ -13,6 +13,7 @@ import { trustedPeers, type ProxyProtocolOptions } from './proxy-protocol.ts';
 import { createRecipientValidation, usesVerify } from './recipient-validation.ts';
 import { createVerifier } from './recipient-verifier.ts';
 import { createSmtpListener } from './smtp-listener.ts';
+import { createSpfCache } from './spf-cache.ts';
 import { observeSmtp } from './smtp-metrics.ts';
 import { MIN_TLS_VERSION, readTlsFiles, watchTlsFiles } from './tls-files.ts';
 
@@ -61,6 +62,9 @@ function balancers(config: Config, log: Logger): ProxyProtocolOptions {
 /** How long DNS answers of the system resolver are reused (sender authentication, DNSBLs). */
 const DNS_CACHE_MS = 60_000;
 
+/** How long an SPF verdict is reused for the same client address, HELO name and sender (spf-cache.ts). */
+const SPF_CACHE_MS = 5_000;
+
 /** After a callout found the primary unreachable, answer from the policy for this long. */
 const CALLOUT_BACKOFF_MS = 60_000;
 
@@ -96,6 +100,9 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     recipients: createRecipientValidation(config, verifier, log),
     limits,
     resolver: withTimeout(options.resolver ?? cachingResolver(systemResolver(config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }), config.DNS_TIMEOUT),
+    // Over the system resolver only, whose answers are cached longer anyway: an injected resolver
+    // (tests) answers each message afresh.
+    spfCache: options.resolver ? null : createSpfCache({ ttlMs: SPF_CACHE_MS, maxEntries: 10_000 }),
     tls,
     proxy: config.PROXY_FROM.length ? balancers(config, log) : null,
     budget,

@@ -1,11 +1,16 @@
 import type { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
+// Before mailauth: it replaces the SPF function mailauth takes when it is loaded.
+import { SPF_CACHE_OPTION, type SpfCache } from './spf-cache.ts';
 import { authenticate, type AuthenticateResult } from 'mailauth';
 import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
 
 export interface SenderAuthInput {
-  /** The message as the sender gave it (without our Received header): bytes, or a stream of them (a large message is not joined for this). */
+  /**
+   * The message as the sender gave it (without our Received header): bytes, or a stream of them (a
+   * large message is not joined for this); only its header section when needsBody() says so.
+   */
   message: Buffer | Readable;
   clientAddress: string;
   helo: string;
@@ -16,6 +21,8 @@ export interface SenderAuthInput {
   resolver: Resolver;
   /** For the whole evaluation; each lookup has its own (shorter) limit in `resolver`. */
   timeoutMs: number;
+  /** SPF verdicts to reuse (with the resolver's own DNS cache); absent: every message is checked afresh. */
+  spfCache?: SpfCache | null;
 }
 
 export interface SenderAuthResult {
@@ -24,6 +31,19 @@ export interface SenderAuthResult {
   /** DMARC verdict, when DMARC could be evaluated. */
   dmarc: { result: string; policy: string; domain: string } | null;
   timedOut: boolean;
+}
+
+/** Header fields whose verification hashes the body: DKIM signatures and ARC sets (RFC 6376, RFC 8617). */
+const BODY_HASHED = /^(?:dkim-signature|arc-[\w-]*)[ \t]*:/im;
+
+/**
+ * Whether sender authentication needs the message's body as well as this header section: only to
+ * verify a DKIM signature or an ARC set. Unsigned mail (most of it) is judged on the header section
+ * alone with the same verdict, and mailauth then does not run its line-ending filter byte by byte
+ * over the body (a 4 KB message or a 25 MB one alike).
+ */
+export function needsBody(headerSection: Buffer): boolean {
+  return BODY_HASHED.test(headerSection.toString('latin1'));
 }
 
 /** The Authentication-Results field of mailauth's header block (which also holds Received-SPF). */
@@ -54,6 +74,7 @@ export async function evaluateSender(input: SenderAuthInput): Promise<SenderAuth
         mta: input.hostname,
         resolver: input.resolver as never,
         disableBimi: true,
+        ...(input.spfCache ? { [SPF_CACHE_OPTION]: input.spfCache } : {}),
       }),
       timeout,
     ]);

@@ -18,12 +18,14 @@ import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
 import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
 import type { MemoryBudget } from './memory-budget.ts';
+import { bodyReleased } from '@backupmx/shared/runtime/young-gc.ts';
 import { declaredSize, leadingBytes, readMessage } from './message-reader.ts';
 import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
 import type { RecipientValidation } from './recipient-validation.ts';
 import { asciiAddress, checkRecipient } from '../../../shared/src/rules/relay-policy.ts';
-import { dmarcRefusal, evaluateSender } from './sender-auth.ts';
+import { dmarcRefusal, evaluateSender, needsBody } from './sender-auth.ts';
+import type { SpfCache } from './spf-cache.ts';
 import { MIN_TLS_VERSION, type TlsFiles } from './tls-files.ts';
 
 /** Received headers above which a message is taken to be looping (Postfix hopcount_limit). */
@@ -37,6 +39,8 @@ export interface ListenerDeps {
   limits: ClientLimits;
   /** DNS for sender authentication and DNSBLs, each lookup already limited to DNS_TIMEOUT. */
   resolver: Resolver;
+  /** SPF verdicts reused for a few seconds, over `resolver` (which caches DNS answers); null: none. */
+  spfCache: SpfCache | null;
   /** STARTTLS certificate and key; null: no STARTTLS. */
   tls: TlsFiles | null;
   /** PROXY protocol from the balancers in PROXY_FROM; null: none trusted. */
@@ -95,7 +99,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     closeTimeout: 20_000,
     logger: false,
     // Read by smtp-server-patches.ts (and proxyProtocol by proxy-protocol.ts).
-    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS, ...(deps.proxy ? { proxyProtocol: deps.proxy } : {}) } as object),
+    ...({ greetingDelay: config.GREETING_DELAY, dataTimeout: config.DATA_TIMEOUT, maxErrors: config.MAX_ERRORS, closeAfterQuit: true, ...(deps.proxy ? { proxyProtocol: deps.proxy } : {}) } as object),
 
     onConnect(session, callback) {
       const client = session.remoteAddress;
@@ -188,6 +192,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       return await storeMessage(id, read, session);
     } finally {
       deps.budget.release(read.reserved);
+      bodyReleased(read.reserved); // a large one: freed now, not when V8's heap next fills
     }
   }
 
@@ -208,7 +213,8 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       log.info({ ...fields }, 'message refused: header too large');
       throw replyError({ code: 552, status: '5.3.4', text: `Message header size exceeds limit of ${config.MAX_HEADER_SIZE} bytes` });
     }
-    const hops = countReceived(leadingBytes(message.chunks, message.headerSize));
+    const headerSection = leadingBytes(message.chunks, message.headerSize);
+    const hops = countReceived(headerSection);
     if (hops > HOP_LIMIT) {
       log.warn({ ...fields, hops }, 'message refused: mail loop');
       throw replyError({ code: 554, status: '5.4.6', text: `Too many hops (${hops} Received headers): mail loop?` });
@@ -217,12 +223,13 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     let authResults = '';
     if (config.SENDER_AUTH) {
       const auth = await evaluateSender({
-        message: Readable.from(message.chunks, { objectMode: false }),
+        message: needsBody(headerSection) ? Readable.from(message.chunks, { objectMode: false }) : headerSection,
         clientAddress: session.remoteAddress,
         helo,
         mailFrom,
         hostname: config.SMTP_HOSTNAME,
         resolver: deps.resolver,
+        spfCache: deps.spfCache,
         timeoutMs: 3 * config.DNS_TIMEOUT,
       });
       if (auth.timedOut) log.warn({ ...fields }, 'sender authentication timed out');
@@ -264,6 +271,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length, 'client.address': session.remoteAddress } }, async (span) => {
       const carrier: Record<string, string> = {};
       propagation.inject(context.active(), carrier);
+      const written = deps.disk?.admit(raw.length);
       try {
         await broker.publishMail({ id, envelope, body: raw, receivedAt: Date.now(), trace: carrier });
         log.info({ ...fields, size: raw.length, tls: Boolean(tlsSession) }, 'message accepted');
@@ -274,6 +282,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
         log.warn({ ...fields, err: error }, 'message not accepted: broker did not confirm');
         throw replyError({ code: 451, status: '4.3.0', text: 'Temporary failure: message not queued, try again later' });
       } finally {
+        written?.();
         span.end();
       }
     });

@@ -43,6 +43,11 @@ import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
  *    one trailing dot on the domain (`user@example.com.`) is dropped before parsing, and at RCPT a
  *    quoted local part hiding another mailbox (`"user@elsewhere"@example.com`) is refused as
  *    sender-specified routing, `550 5.7.1`, like the percent hack (relay-policy.ts).
+ *
+ * 9. Closing after QUIT (option `closeAfterQuit`): once the 221 is out, the connection is closed,
+ *    as Postfix's smtpd does, instead of reading on until the client's FIN. Many clients (Postfix's
+ *    smtp-source among them) reset the connection after the 221, and reading that reset cost an
+ *    error object with its stack trace and an error event per connection.
  */
 interface Parser {
   _dataMode: boolean;
@@ -63,6 +68,7 @@ interface Options {
   dataTimeout?: number;
   maxErrors?: number;
   onLibraryRefusal?: (verb: RefusalVerb, code: number, status: string) => void;
+  closeAfterQuit?: boolean;
 }
 
 export type RefusalVerb = 'MAIL' | 'RCPT' | 'DATA';
@@ -92,6 +98,7 @@ interface Connection {
   handler_MAIL(command: Buffer, callback: () => void): void;
   handler_RCPT(command: Buffer, callback: () => void): void;
   handler_DATA(command: Buffer, callback: () => void): void;
+  handler_QUIT(command: Buffer, callback: () => void): void;
 }
 const prototype = (SMTPConnection as unknown as { prototype: Connection & { init(): void } }).prototype;
 const parserPrototype = (SMTPStream as unknown as { prototype: Parser }).prototype;
@@ -312,3 +319,17 @@ for (const verb of ['MAIL', 'RCPT'] as const) {
     callback();
   };
 }
+
+// 9. Closing after QUIT. -------------------------------------------------------------------------
+
+const quit = prototype.handler_QUIT;
+prototype.handler_QUIT = function (this: Connection, command, callback) {
+  quit.call(this, command, callback);
+  const socket = this._socket;
+  if (!this._server.options.closeAfterQuit || this._upgrading || socket.destroyed) return;
+  // The library resumed reading to see the client's FIN; nothing it sends now is read. The 221 and
+  // our FIN are handed to the kernel before the descriptor closes ('finish').
+  socket.pause();
+  if (socket.writableFinished) socket.destroy();
+  else socket.once('finish', () => socket.destroy());
+};

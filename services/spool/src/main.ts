@@ -17,7 +17,7 @@ startBufferCollector(); // large mail: free the buffers it leaves behind early (
 const store = await openStore(config, log);
 const broker = await connectBroker(config, 'spool', log);
 // SQLite under DATA_DIR: below DISK_HEADROOM new mail waits in RabbitMQ while the deliverers drain the spool.
-const disk = !config.MONGODB_URL && diskHeadroom(config) > 0 ? createDiskHeadroom(config.DATA_DIR, diskHeadroom(config), () => store.spareBytes?.() ?? 0) : null;
+const disk = !config.MONGODB_URL && diskHeadroom(config) > 0 ? createDiskHeadroom(config.DATA_DIR, diskHeadroom(config), { spare: () => store.spareBytes?.() ?? 0 }) : null;
 await startSpool(config, store, broker, log, disk);
 // Expiry, delay notices and record retention, whether or not any primary answers (issue 4).
 const sweeper = createSweeper(config, store, broker, log);
