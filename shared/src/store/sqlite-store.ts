@@ -26,7 +26,7 @@ const BUSY_TIMEOUT_MS = 10_000;
  * this and the sync after it). Still worth it with the sync off the event loop, though commits are
  * cheap now: the bench's flush ran at 172-249 msg/s with 0 against 397-721 with 10 (alternate runs),
  * because with its settles done one by one the deliverer claimed more often and in smaller batches
- * (234 claims taking 4.3 s against 150 taking 2.2 s), and each claim sorts the backlog.
+ * (234 claims taking 4.3 s against 150 taking 2.2 s), and each claim sorted the backlog then (store format 3).
  */
 const SETTLE_WITHIN_MS = 10;
 /** An ordinary claim of `limit` messages looks at this many times as many queued deliveries before it sorts the due ones (see claimWindow). */
