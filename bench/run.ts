@@ -18,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
 import type { Store } from '../shared/src/store/store.ts';
-import { ROOT, serviceEnv, spawnService, waitReady, type Service } from '../test/support/processes.ts';
+import { MALLOC_ENV, ROOT, serviceEnv, spawnService, V8_FLAGS, waitReady, type Service } from '../test/support/processes.ts';
 import { createVhost } from '../test/support/rabbitmq.ts';
 import { freePort, tempDir } from '../test/support/util.ts';
 import { nodeSource } from './fallback.ts';
@@ -495,7 +495,7 @@ if (POSTFIX) {
   console.log(`load: bench/fallback.ts nodemailer, ${SESSIONS} sessions, ${MESSAGES} messages, ${SIZE} body bytes${args.reuse ? ', connections reused' : ''}; primary: smtp-server sink (bench/fallback.ts)`);
 }
 console.log(
-  `settings: RELAY_DOMAINS=example.test LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}${Object.entries(EXTRA_ENV).map(([k, v]) => ` ${k}=${v}`).join('')}; other settings default; SQLite under a temp DATA_DIR`,
+  `settings: RELAY_DOMAINS=example.test LOG_LEVEL=warn SMTP_HOST=127.0.0.1 GREETING_DELAY=${GREETING_DELAY ?? '(unset: service default)'}${Object.entries(EXTRA_ENV).map(([k, v]) => ` ${k}=${v}`).join('')}; other settings default; SQLite under a temp DATA_DIR; started as npm start does (${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v} `).join('')}node ${V8_FLAGS.join(' ')})`,
 );
 
 if (POSTFIX_MX_MISSING) console.log(`postfix: not run: ${POSTFIX_MX_MISSING}; our figures alone`);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { assertAllDelivered, sendMessages } from './support/mail.ts';
+import { metric } from './support/metrics.ts';
 import { startPrimary } from './support/primary.ts';
 import { DENO, oneProcessEnv, spawnCommand, waitReady, type Service } from './support/processes.ts';
 import { freePort, tempDir, waitFor } from './support/util.ts';
@@ -45,6 +46,11 @@ describe('deno task start: mail kept while the primary is down, delivered intact
     } finally {
       await primary.close();
     }
+  });
+
+  it("runs with deno.json's --v8-flags: a young generation within two 8 MiB semi-spaces (GET /metrics)", async () => {
+    const newSpace = await metric(httpPort, 'nodejs_heap_space_size_total_bytes', { space: 'new' });
+    assert.ok(newSpace !== undefined && newSpace > 0 && newSpace <= 16 * 1024 * 1024, `new space ${newSpace} bytes`);
   });
 
   it('stops on SIGTERM (deno task passes it on) with exit code 0', async () => {

@@ -1,10 +1,15 @@
 import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
 import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import { SMTPServer } from 'smtp-server';
+import { groupCommit } from '../shared/src/store/group-commit.ts';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
+import { startIngressWithSpool } from './support/in-process.ts';
 import { assertAllDelivered, queueIdOf, sendMessages } from './support/mail.ts';
 import type { Received } from './support/primary.ts';
 import { spawnModule, spawnService, waitReady, type Service } from './support/processes.ts';
@@ -16,7 +21,9 @@ import { freePort, tempDir, waitFor } from './support/util.ts';
  * lets a settle wait a few milliseconds for company. What a sender and an operator rely on does
  * not move: no 250 before the write is durable, nothing that got a 250 is lost when the process is
  * killed mid-batch, and a crash between the primary's 250 and the settle only ever re-sends what
- * the primary had already taken (DESIGN.md guarantee 4).
+ * the primary had already taken (DESIGN.md guarantee 4). The store commits with synchronous=NORMAL
+ * and syncs the WAL off the event loop: a write is answered only after a sync that started after
+ * its commit, and a sync that fails answers 4xx to every write it covered.
  */
 
 /**
@@ -41,6 +48,41 @@ async function holdWriteLock(path: string, dir: string): Promise<{ release: () =
       await waitFor('the lock holder to let go', () => output.includes('released'), 20_000, 2);
     },
   };
+}
+
+/**
+ * A sync the test lets finish: each call waits until the test releases or fails it; after
+ * `releaseAll()` every call, past and future, completes at once.
+ */
+function heldSync() {
+  const calls: { release: () => void; fail: (error: Error) => void }[] = [];
+  let free = false;
+  return {
+    calls,
+    sync: () =>
+      new Promise<void>((resolve, reject) => {
+        if (free) return resolve();
+        calls.push({ release: resolve, fail: reject });
+      }),
+    releaseAll() {
+      free = true;
+      for (const call of calls) call.release();
+    },
+  };
+}
+
+/** An fdatasync that met a disk error. */
+function ioError(): Error {
+  return Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+}
+
+function countMessages(path: string): number {
+  const reader = new DatabaseSync(path, { readOnly: true });
+  try {
+    return (reader.prepare('SELECT COUNT(*) AS n FROM messages').get() as { n: number }).n;
+  } finally {
+    reader.close();
+  }
 }
 
 async function startRunning(dir: string, name: string, ports: { smtp: number; primary: number }): Promise<Service> {
@@ -118,6 +160,122 @@ describe('group commit: no 250 before the write is durable', () => {
       for (const id of ids) assert.ok(await store.getMessage(id), `message ${id} got 250 and is in the store`);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe('group commit: a write is answered only after its sync', () => {
+  const dir = tempDir();
+  after(() => dir.remove());
+
+  function table(name: string): DatabaseSync {
+    const db = new DatabaseSync(join(dir.path, name));
+    db.exec('PRAGMA journal_mode = WAL');
+    db.exec('PRAGMA synchronous = NORMAL');
+    db.exec('CREATE TABLE t (n INTEGER)');
+    return db;
+  }
+
+  it('resolves a write once a sync that started after its COMMIT has completed; the commits made meanwhile share the next sync', async () => {
+    const db = table('held.sqlite');
+    const held = heldSync();
+    const group = groupCommit(db, { sync: held.sync });
+    const insert = db.prepare('INSERT INTO t VALUES (?)');
+    const answered: number[] = [];
+    const write = (n: number) => group.write(() => insert.run(n)).then(() => void answered.push(n));
+    const first = write(1);
+    await sleep(50);
+    assert.equal(held.calls.length, 1, 'the first commit started a sync');
+    const later = [write(2), write(3)];
+    await sleep(50);
+    assert.equal((db.prepare('SELECT COUNT(*) AS n FROM t').get() as { n: number }).n, 3, 'all three are committed');
+    assert.deepEqual(answered, [], 'nothing is answered before its sync');
+    assert.equal(held.calls.length, 1, 'one sync at a time');
+    held.calls[0]?.release();
+    await first;
+    await sleep(50);
+    assert.deepEqual(answered, [1], 'the first sync answers only what was committed before it started');
+    assert.equal(held.calls.length, 2, 'the writes committed during the first sync get a sync of their own');
+    held.calls[1]?.release();
+    await Promise.all(later);
+    assert.deepEqual(answered, [1, 2, 3]);
+    await group.close();
+    db.close();
+  });
+
+  it('a failed sync rejects every write it covered and those committed while it ran, and refuses every write after it', async () => {
+    const db = table('failing.sqlite');
+    const held = heldSync();
+    const group = groupCommit(db, { sync: held.sync });
+    const insert = db.prepare('INSERT INTO t VALUES (?)');
+    const covered = group.write(() => insert.run(1));
+    await sleep(50);
+    const meanwhile = group.write(() => insert.run(2));
+    await sleep(50);
+    held.calls[0]?.fail(ioError());
+    await assert.rejects(covered, /EIO/);
+    await assert.rejects(meanwhile, /a sync of its WAL failed earlier/);
+    assert.match(String(group.failed), /EIO/);
+    await assert.rejects(group.write(() => insert.run(3)), /a sync of its WAL failed earlier/);
+    await assert.rejects(group.synced(), /a sync of its WAL failed earlier/);
+    assert.equal(held.calls.length, 1, 'nothing is synced after the failure');
+    await group.close();
+    db.close();
+  });
+
+  it('the store refuses to acknowledge once its -wal file is removed under it, and reports not ready', async () => {
+    const path = join(dir.path, 'removed.sqlite');
+    const store = await openSqliteStore(path);
+    const mail = (id: string) => ({ id, envelope: { mailFrom: 'a@origin.test', rcptTo: ['u@example.test'] }, body: Buffer.from(`Subject: ${id}\r\n\r\nbody\r\n`), receivedAt: Date.now() });
+    const routes = { 'u@example.test': 'primary' };
+    try {
+      assert.equal(await store.put(mail('WAL00001'), routes), true);
+      rmSync(`${path}-wal`);
+      await assert.rejects(store.put(mail('WAL00002'), routes), /removed or replaced/);
+      assert.equal(store.ready(), false);
+      await assert.rejects(store.put(mail('WAL00003'), routes), /a sync of its WAL failed earlier/);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('group commit: the SMTP reply waits for the sync of the WAL', () => {
+  it('no 250 while the sync that covers the message is held back, although the message is committed; 250 once it completes', { timeout: 60_000 }, async () => {
+    const held = heldSync();
+    const system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test' }, { storeSync: held.sync });
+    try {
+      const session = await openUpToData(system.port, 1);
+      let reply: string | null = null;
+      const pending = session.finish().then((text) => (reply = text));
+      await waitFor('the message to be committed', () => countMessages(join(system.dataDir, 'spool.sqlite')) === 1, 20_000, 10);
+      await sleep(1000);
+      assert.equal(reply, null, 'a reply came before the sync completed');
+      assert.ok(held.calls.length >= 1, 'a sync is waiting');
+      held.releaseAll();
+      const id = /^250 2\.0\.0 Ok: queued as ([0-9A-Z]+)$/.exec(await pending)?.[1];
+      assert.ok(id, `250 after the sync, got ${String(reply)}`);
+      assert.ok(await system.store.getMessage(id), 'the message that got 250 is in the store');
+    } finally {
+      held.releaseAll();
+      await system.close();
+    }
+  });
+
+  it('a sync that fails answers 451 4.3.0 to every message it covered and the store reports not ready', { timeout: 60_000 }, async () => {
+    const held = heldSync();
+    const system = await startIngressWithSpool({ RELAY_DOMAINS: 'example.test' }, { storeSync: held.sync });
+    try {
+      const sessions = await Promise.all(Array.from({ length: 3 }, (_, i) => openUpToData(system.port, i)));
+      const pending = sessions.map((session) => session.finish());
+      await waitFor('the messages to be committed', () => countMessages(join(system.dataDir, 'spool.sqlite')) === 3, 20_000, 10);
+      for (const call of held.calls) call.fail(ioError());
+      for (const reply of await Promise.all(pending)) {
+        assert.equal(reply, '451 4.3.0 Temporary failure: message not queued, try again later');
+      }
+      assert.equal(system.store.ready(), false, 'the store says it cannot take writes');
+    } finally {
+      await system.close();
     }
   });
 });

@@ -10,14 +10,14 @@ import { freePort, tempDir } from './util.ts';
 
 /**
  * Ingress and spool (and, with `deliver`, a deliverer with those options) in this process with the in-process broker
- * and a fresh SQLite store.
+ * and a fresh SQLite store (`storeSync`: the store's sync in place of its fdatasync of the WAL).
  */
-export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean | DelivererOptions; ingress?: IngressOptions } = {}) {
+export async function startIngressWithSpool(env: Record<string, string>, options: { deliver?: boolean | DelivererOptions; ingress?: IngressOptions; storeSync?: () => Promise<void> } = {}) {
   const dir = tempDir();
   const port = await freePort();
   const config: Config = loadConfig({ PRIMARY: '127.0.0.1:1', SMTP_HOST: '127.0.0.1', SMTP_PORT: String(port), SMTP_HOSTNAME: 'backup.example.test', DATA_DIR: dir.path, ...env });
   const log = createLogger('test', 'silent');
-  const store = await openSqliteStore(join(dir.path, 'spool.sqlite'));
+  const store = await openSqliteStore(join(dir.path, 'spool.sqlite'), options.storeSync ? { sync: options.storeSync } : {});
   const broker = createMemoryBroker(join(dir.path, 'dead'), log);
   await startSpool(config, store, broker, log);
   const deliverer = options.deliver ? createDeliverer(config, store, broker, log, options.deliver === true ? {} : options.deliver) : null;

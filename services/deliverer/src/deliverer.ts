@@ -5,6 +5,7 @@ import { ROOT_CONTEXT, propagation, SpanStatusCode, trace } from '@opentelemetry
 import type { Broker, EventKey, EventPayload, FlushEvent, PrimaryEvent, SpooledEvent } from '@backupmx/shared/broker/broker.ts';
 import { formatTarget, type Config } from '@backupmx/shared/runtime/config.ts';
 import type { Logger } from '@backupmx/shared/runtime/logger.ts';
+import { bodyReleased } from '@backupmx/shared/runtime/young-gc.ts';
 import { createReporter } from '@backupmx/shared/mail/reports.ts';
 import { configuredRoutes, mxDomainOf, routeTargets } from '@backupmx/shared/rules/routing.ts';
 import type { Store } from '@backupmx/shared/store/store.ts';
@@ -223,6 +224,7 @@ export function createDeliverer(config: Config, store: Store, broker: Broker, lo
             : 'fail' in plan
               ? { target: '', error: { message: plan.fail, response: plan.fail, responseCode: Number(plan.fail.slice(0, 3)) }, remoteMta: null, dsn: false }
               : { target: '', error: { message: plan.defer }, remoteMta: null, dsn: false };
+        if ('hops' in plan) bodyReleased(message.size); // a large body's parts, read and sent: freed now, not when V8's heap next fills
         if (lease.lost && 'error' in attempt && attempt.error.responseCode === undefined) {
           log.warn({ queueId: message.id, reason: lease.lost }, 'attempt stopped: its lease was lost; the delivery returns to the queue when the lease ends');
           return 'lost';

@@ -18,6 +18,7 @@ import type { Resolver } from './dns.ts';
 import { dnsblReply, findListing } from './dnsbl.ts';
 import type { DiskHeadroom } from '@backupmx/shared/runtime/disk-headroom.ts';
 import type { MemoryBudget } from './memory-budget.ts';
+import { bodyReleased } from '@backupmx/shared/runtime/young-gc.ts';
 import { declaredSize, leadingBytes, readMessage } from './message-reader.ts';
 import type { PrimaryState } from './primary-state.ts';
 import { receivedHeader } from './received-header.ts';
@@ -191,6 +192,7 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
       return await storeMessage(id, read, session);
     } finally {
       deps.budget.release(read.reserved);
+      bodyReleased(read.reserved); // a large one: freed now, not when V8's heap next fills
     }
   }
 

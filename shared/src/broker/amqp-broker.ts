@@ -1,10 +1,12 @@
 import { Buffer } from 'node:buffer';
 import { setTimeout as sleep } from 'node:timers/promises';
 import amqp, { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import { boundContentCopies, CHANNEL_FRAMES } from './amqp-content.ts';
 import { createAmqpDeadLetters } from './amqp-dead-letters.ts';
 import { TOPOLOGY, type Broker, type EventKey, type EventPayload, type MailDisposition } from './broker.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { brokerReconnects, messagesDeadLettered } from '../runtime/metrics.ts';
+import { bodyReleased } from '../runtime/young-gc.ts';
 import type { Envelope, ReceivedMail } from '../types.ts';
 
 export interface AmqpOptions {
@@ -66,6 +68,7 @@ export function decodeMail(message: Pick<ConsumeMessage, 'content' | 'properties
  * publishMail rejects at once so ingress can answer 451.
  */
 export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Promise<void> } {
+  boundContentCopies(); // a large message's body held once, sent or received, not once more as frames
   const { log } = options;
   let connection: ChannelModel | null = null;
   let publisher: ConfirmChannel | null = null;
@@ -94,7 +97,10 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
       }
     });
     try {
-      const channel = await conn.createConfirmChannel();
+      // A high-water mark of a few frames: a large body is framed as the socket takes it (amqp-content.ts).
+      // amqplib takes the option; its type declarations do not have it.
+      const createConfirmChannel = conn.createConfirmChannel as (this: ChannelModel, options: { highWaterMark: number }) => Promise<ConfirmChannel>;
+      const channel = await createConfirmChannel.call(conn, { highWaterMark: CHANNEL_FRAMES });
       channel.on('error', (error: Error) => log.warn({ err: error }, 'amqp channel error'));
       channel.on('return', (message: ConsumeMessage) => {
         if (typeof message.properties.messageId === 'string') returned.add(message.properties.messageId);
@@ -216,6 +222,7 @@ export function createAmqpBroker(options: AmqpOptions): Broker & { start(): Prom
             }
             if (disposition === 'stored') channel.ack(message);
             else channel.nack(message, false, false);
+            bodyReleased(message.content.length); // a large one: freed now, not when V8's heap next fills
           })().catch((error: unknown) => log.warn({ err: error }, 'could not settle a delivery; RabbitMQ will redeliver it'));
           inFlight.add(work);
           void work.finally(() => inFlight.delete(work));

@@ -25,20 +25,52 @@ export const CHECK_EVERY_MS = 20;
  * pile up during one 25 MB message (issue 9, part 3). This checks buffer memory every
  * CHECK_EVERY_MS and, when it grew by COLLECT_AFTER_BYTES since the last look after a collection,
  * runs a young-generation collection (a scavenge, about a millisecond), which frees such buffers
- * while they are young. Returns a stop function; does nothing where gc() cannot be exposed.
+ * while they are young; bodyReleased() asks for a full collection for a large body that outlived
+ * them. Returns a stop function; does nothing where gc() cannot be exposed (or, as under Deno,
+ * buffer memory is not counted).
  */
 export function startBufferCollector(afterBytes = COLLECT_AFTER_BYTES, everyMs = CHECK_EVERY_MS): () => void {
   const gc = exposeGc();
   if (!gc) return () => {};
-  let base = process.memoryUsage().arrayBuffers;
+  let soon: ReturnType<typeof setTimeout> | null = null;
+  fullSoon = () => {
+    soon ??= setTimeout(() => {
+      soon = null;
+      gc({ type: 'major' });
+      base = buffers();
+    }, FULL_DELAY_MS);
+    soon.unref();
+  };
+  const buffers = () => process.memoryUsage().arrayBuffers;
+  let base = buffers();
   const timer = setInterval(() => {
-    const now = process.memoryUsage().arrayBuffers;
+    const now = buffers();
     if (now < base) base = now;
     else if (now - base >= afterBytes) {
       gc({ type: 'minor' });
-      base = process.memoryUsage().arrayBuffers;
+      base = buffers();
     }
   }, everyMs);
   timer.unref();
-  return () => clearInterval(timer);
+  return () => {
+    clearInterval(timer);
+    if (soon) clearTimeout(soon);
+    fullSoon = null;
+  };
+}
+
+/** How long after a large body was let go its full collection runs: other bodies let go meanwhile share it. */
+export const FULL_DELAY_MS = 10;
+/** Bodies from this size up ask for a full collection when they are let go (bodyReleased). */
+export const LARGE_BODY_BYTES = 4 * 1024 * 1024;
+let fullSoon: (() => void) | null = null;
+
+/**
+ * A message body of `bytes` is no longer needed (stored, sent, refused). A large one lived long
+ * enough to be promoted, so only a full collection frees it, and V8 would run one when its own heap
+ * fills, not for buffers: a 25 MB body stayed beside the next one's copies (issue 9, part 3). From
+ * LARGE_BODY_BYTES up this runs a full collection shortly, when the buffer collector runs.
+ */
+export function bodyReleased(bytes: number): void {
+  if (bytes >= LARGE_BODY_BYTES) fullSoon?.();
 }

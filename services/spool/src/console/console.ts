@@ -18,11 +18,16 @@ import type { PrimaryTracker } from '../primaries.ts';
 import { filterFields, firstIssue, listFilterOf } from '../queue-filter.ts';
 import { isOperator, scopeFilter, visibleMessage, type Principal } from './access.ts';
 import { sameToken } from './csrf.ts';
-import { attachmentOf, frameDocument, viewMessage } from './message-view.ts';
 import * as pages from './pages.ts';
 import { verifyPassword } from './password.ts';
 import { cookiesOf, createSessions, fingerprint, LOGIN_COOKIE, type Session } from './sessions.ts';
 import { createSignInLimits } from './sign-in-limits.ts';
+
+/**
+ * The message view (mailparser, sanitize-html, postcss: about 15 MiB of a process's memory) is
+ * loaded on the first message page an operator opens, not at start: most spools never show one.
+ */
+const messageView = () => import('./message-view.ts');
 
 export interface ConsoleDeps {
   config: Pick<Config, 'ADMIN_TOKEN' | 'RELAY_DOMAINS' | 'PRIMARY' | 'domains' | 'TRACE_URL' | 'SMTP_HOSTNAME' | 'PUBLIC_URL' | 'CONSOLE_SESSION_LIFETIME'>;
@@ -327,7 +332,7 @@ export function consoleRouter(deps: ConsoleDeps): Router {
   router.get('/queue/:id', async (req, res) => {
     const { id, detail, pending } = await visible(req, res);
     const principal = principalOf(res);
-    const view = pending ? await viewMessage(await rawOf(id)) : null;
+    const view = pending ? await (await messageView()).viewMessage(await rawOf(id)) : null;
     const traceId = /^[\da-f]{2}-([\da-f]{32})-/.exec(detail.message.trace.traceparent ?? '')?.[1];
     const data: pages.MessageData = {
       now: now(),
@@ -364,7 +369,7 @@ export function consoleRouter(deps: ConsoleDeps): Router {
     const { id, pending } = await visible(req, res);
     const index = Number(req.params.index);
     if (!pending || !Number.isInteger(index) || index < 0) throw new HttpError(404, 'No such attachment.');
-    const attachment = await attachmentOf(await rawOf(id), index);
+    const attachment = await (await messageView()).attachmentOf(await rawOf(id), index);
     if (!attachment) throw new HttpError(404, 'No such attachment.');
     log.info({ queueId: id, attachment: attachment.name, ...who(req, res) }, 'console: attachment downloaded');
     download(res, 'application/octet-stream', attachment.name, attachment.content);
@@ -372,11 +377,11 @@ export function consoleRouter(deps: ConsoleDeps): Router {
 
   router.get('/queue/:id/html', async (req, res) => {
     const { id, pending } = await visible(req, res);
-    const view = pending ? await viewMessage(await rawOf(id)) : null;
+    const view = pending ? await (await messageView()).viewMessage(await rawOf(id)) : null;
     if (view?.html == null) throw new HttpError(404, 'This message has no HTML part.');
     res.set('Content-Security-Policy', FRAME_CSP);
     res.set('X-Frame-Options', 'SAMEORIGIN');
-    res.status(200).type('html').send(frameDocument(view.html));
+    res.status(200).type('html').send((await messageView()).frameDocument(view.html));
   });
 
   router.post('/queue/:id/action', operatorOnly, async (req, res) => {
