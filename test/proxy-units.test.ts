@@ -6,6 +6,7 @@ import { normalizeIPv6 } from 'smtp-server/lib/ipv6-normalize.js';
 import { formatIP, inRanges, parseCidr, parseIP, parseIPv4, parseIPv6, type Cidr } from '../shared/src/rules/ip.ts';
 import { parseProxyHeader, V1_MAX_LENGTH } from '../shared/src/rules/proxy-header.ts';
 import { ConfigError, loadConfig } from '../shared/src/runtime/config.ts';
+import { sessionId } from '../services/ingress/src/proxy-protocol.ts';
 import { tlv, V2_SIGNATURE, v2Header } from './support/haproxy.ts';
 
 const bytes = (text: string | Buffer) => new Uint8Array(Buffer.from(text));
@@ -205,5 +206,13 @@ describe('PROXY_FROM and PROXY_TIMEOUT settings', () => {
     assert.throws(() => loadConfig({ ...base, PROXY_FROM: '127.0.0.1,haproxy' }), (error: Error) => error instanceof ConfigError && error.message === 'PROXY_FROM.1: not an IP address or CIDR range: "haproxy"');
     assert.throws(() => loadConfig({ ...base, PROXY_FROM: '192.168.1.1/24' }), (error: Error) => error.message === 'PROXY_FROM.0: "192.168.1.1/24" has bits set past the /24: did you mean 192.168.1.0/24?');
     assert.throws(() => loadConfig({ ...base, PROXY_TIMEOUT: 'soon' }), (error: Error) => error.message === 'PROXY_TIMEOUT: expected a duration such as 30s, 5m, 1h or 5d');
+  });
+});
+
+describe('smtp-server session ids (proxy-protocol.ts)', () => {
+  it('are 16 base-32 digits (80 random bits, the library\'s own format) and do not repeat', () => {
+    const ids = Array.from({ length: 5000 }, () => sessionId());
+    for (const id of ids.slice(0, 50)) assert.match(id, /^[0-9a-v]{16}$/);
+    assert.equal(new Set(ids).size, ids.length);
   });
 });

@@ -99,7 +99,10 @@ export async function startIngress(config: Config, broker: Broker, log: Logger, 
     primaryState,
     recipients: createRecipientValidation(config, verifier, log),
     limits,
-    resolver: withTimeout(options.resolver ?? cachingResolver(systemResolver(config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }), config.DNS_TIMEOUT),
+    // The time limit on the lookups themselves: an answer from the cache needs no timer.
+    resolver: options.resolver
+      ? withTimeout(options.resolver, config.DNS_TIMEOUT)
+      : cachingResolver(withTimeout(systemResolver(config.DNS_TIMEOUT), config.DNS_TIMEOUT), { ttlMs: DNS_CACHE_MS, maxEntries: 10_000 }),
     // Over the system resolver only, whose answers are cached longer anyway: an injected resolver
     // (tests) answers each message afresh.
     spfCache: options.resolver ? null : createSpfCache({ ttlMs: SPF_CACHE_MS, maxEntries: 10_000 }),

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { SMTPServer } from 'smtp-server';
 import { formatIP, inRanges, parseIP, type Cidr } from '@backupmx/shared/rules/ip.ts';
 import { parseProxyHeader, type ProxyHeader } from '@backupmx/shared/rules/proxy-header.ts';
+import { randomBits40 } from '@backupmx/shared/rules/queue-id.ts';
 
 /**
  * PROXY protocol (v1 and v2) from trusted load balancers (PROXY_FROM), in smtp-server's own hook.
@@ -48,6 +49,8 @@ export function plainAddress(address: string | undefined): string {
 interface SocketOptions {
   remoteAddress?: string;
   remotePort?: number;
+  id?: string;
+  ignore?: boolean;
 }
 type Done = (error: Error | null, options?: SocketOptions) => void;
 
@@ -102,7 +105,7 @@ export function readProxyHeader(socket: Socket, proxy: ProxyProtocolOptions, don
 }
 
 interface ServerInternals {
-  options: { proxyProtocol?: ProxyProtocolOptions };
+  options: { proxyProtocol?: ProxyProtocolOptions; ignoredHosts?: string[] };
   _expectsProxyHeader(socket: Socket): boolean;
   _handleProxy(socket: Socket, callback: Done): void;
 }
@@ -112,10 +115,23 @@ server._expectsProxyHeader = function (this: ServerInternals, socket) {
   const proxy = this.options.proxyProtocol;
   return proxy ? proxy.trusted(socket.remoteAddress ?? '') : expectsProxyHeader.call(this, socket);
 };
+/**
+ * smtp-server's session id (80 random bits as 16 base-32 digits, the library's format), from the
+ * pooled random bytes of the queue ids: the library asks the system for 10 bytes per connection.
+ */
+export function sessionId(): string {
+  return randomBits40().toString(32).padStart(8, '0') + randomBits40().toString(32).padStart(8, '0');
+}
+
 const handleProxy = server._handleProxy;
 server._handleProxy = function (this: ServerInternals, socket, callback) {
   const proxy = this.options.proxyProtocol;
-  // Any other peer goes the library's way: no header expected, a PROXY line is an unknown command.
-  if (!proxy || !proxy.trusted(socket.remoteAddress ?? '')) return handleProxy.call(this, socket, callback);
-  readProxyHeader(socket, proxy, callback);
+  if (proxy && proxy.trusted(socket.remoteAddress ?? '')) {
+    return readProxyHeader(socket, proxy, (error, options) => callback(error, options && { id: sessionId(), ...options }));
+  }
+  // The library's useProxy, which we do not use.
+  if (this._expectsProxyHeader(socket)) return handleProxy.call(this, socket, callback);
+  // Any other peer as the library takes it: no header expected, a PROXY line is an unknown command.
+  const ignore = Boolean(this.options.ignoredHosts?.includes(socket.remoteAddress ?? ''));
+  setImmediate(() => callback(null, { id: sessionId(), ignore }));
 };

@@ -16,8 +16,8 @@ export function newQueueId(now = Date.now()): string {
 const pool = new Uint8Array(5 * 1024);
 let used = pool.length;
 
-/** 40 random bits. */
-function randomBits40(): number {
+/** 40 random bits (queue ids, smtp-server's session ids). */
+export function randomBits40(): number {
   if (used + 5 > pool.length) {
     crypto.getRandomValues(pool);
     used = 0;
