@@ -37,5 +37,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # default grows to 64 MiB ones under load, about 100 MiB of a process's peak), and buffers of 128 KiB
 # and more handed back to the system when freed (glibc otherwise keeps them once one was freed).
 ENV MALLOC_MMAP_THRESHOLD_=131072
-ENTRYPOINT ["node", "--max-semi-space-size=8"]
+ENTRYPOINT ["node", "--max-semi-space-size=8", "--heap-growing-percent=15"]
 CMD ["src/main.ts"]
