@@ -112,25 +112,32 @@ function queueAtUpgrade(prefix: string, route: string, now: number): OldMessage[
 }
 
 describe('upgrades keep the queue (SQLite store)', () => {
-  it('a spool in format 3 is brought to format 4 (deliveries carry received_at) and its queued mail is delivered', async () => {
-    const now = Date.now();
-    const { views, log, version } = await upgradeAndDeliver((path, route) => {
-      const held: OldMessage = { id: 'M3D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M3D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
-      const messages = [...queueAtUpgrade('M3', route, now), held];
-      writeSqliteV3(path, messages);
-      return messages;
-    }, { M3A: ['a1@example.test', 'a2@example.test'], M3B: ['b2@example.test'] });
+  // Formats 3 and 2 hold the same kinds of mail (held included); each is brought to format 4 in one step.
+  for (const { from, write, title, gains } of [
+    { from: 3, write: writeSqliteV3, title: 'a spool in format 3 is brought to format 4 (deliveries carry received_at)', gains: 'one log line says so' },
+    { from: 2, write: writeSqliteV2, title: 'a spool in format 2 (0.1.0) is brought to format 4', gains: 'format 2 gains the body_parts table and received_at, and one log line says so' },
+  ]) {
+    it(`${title} and its queued mail is delivered`, async () => {
+      const now = Date.now();
+      const prefix = `M${from}`;
+      const { views, log, version } = await upgradeAndDeliver((path, route) => {
+        const held: OldMessage = { id: `${prefix}D`, from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body(`${prefix}D`), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
+        const messages = [...queueAtUpgrade(prefix, route, now), held];
+        write(path, messages);
+        return messages;
+      }, { [`${prefix}A`]: ['a1@example.test', 'a2@example.test'], [`${prefix}B`]: ['b2@example.test'] });
 
-    assert.equal(version, 4);
-    const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
-    assert.equal(migrated.length, 1, 'one log line says so');
-    assert.match(migrated[0] ?? '', /"from":3,"to":4/);
-    assert.deepEqual(views['M3A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
-    assert.deepEqual(views['M3A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
-    assert.deepEqual(views['M3B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
-    assert.deepEqual(views['M3C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user'], 'a failed record stays a record');
-    assert.deepEqual(views['M3D']?.deliveries.map((d) => d.state), ['held'], 'held mail stays held');
-  });
+      assert.equal(version, 4);
+      const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
+      assert.equal(migrated.length, 1, gains);
+      assert.match(migrated[0] ?? '', new RegExp(`"from":${from},"to":4`));
+      assert.deepEqual(views[`${prefix}A`]?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
+      assert.deepEqual(views[`${prefix}A`]?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
+      assert.deepEqual(views[`${prefix}B`]?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
+      assert.deepEqual(views[`${prefix}C`]?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user'], 'a failed record stays a record');
+      assert.deepEqual(views[`${prefix}D`]?.deliveries.map((d) => d.state), ['held'], 'held mail stays held');
+    });
+  }
 
   it('after the migration from format 3, every queued delivery is claimable in the order the mail was received: by route, by flush, by the expiry sweep', async () => {
     const dir = tempDir();
@@ -170,26 +177,6 @@ describe('upgrades keep the queue (SQLite store)', () => {
     assert.deepEqual(ages.map((r) => `${r['id']} ${r['n']}`), ['Q1 2', 'Q2 1', 'Q3 1', 'Q4 2', 'Q5 2'], 'every delivery has its message\'s received_at');
     file.close();
     dir.remove();
-  });
-
-  it('a spool in format 2 (0.1.0) is brought to format 4 and its queued mail is delivered', async () => {
-    const now = Date.now();
-    const { views, log, version } = await upgradeAndDeliver((path, route) => {
-      const held: OldMessage = { id: 'M2D', from: 'sender@origin.test', receivedAt: now - HOUR + 3, body: body('M2D'), recipients: [{ address: 'd1@example.test', route, state: 'held' }] };
-      const messages = [...queueAtUpgrade('M2', route, now), held];
-      writeSqliteV2(path, messages);
-      return messages;
-    }, { M2A: ['a1@example.test', 'a2@example.test'], M2B: ['b2@example.test'] });
-
-    assert.equal(version, 4);
-    const migrated = log.split('\n').filter((line) => line.includes('"msg":"store migrated to the current schema"'));
-    assert.equal(migrated.length, 1, 'format 2 gains the body_parts table and received_at, and one log line says so');
-    assert.match(migrated[0] ?? '', /"from":2,"to":4/);
-    assert.deepEqual(views['M2A']?.deliveries.map((d) => d.state), ['delivered', 'delivered']);
-    assert.deepEqual(views['M2A']?.attempts.map((a) => `${a.recipient} ${a.result}`), ['a2@example.test deferred', 'a1@example.test delivered', 'a2@example.test delivered'], 'the attempt history is kept');
-    assert.deepEqual(views['M2B']?.deliveries.map((d) => `${d.recipient} ${d.state}`), ['b1@example.test delivered', 'b2@example.test delivered']);
-    assert.deepEqual(views['M2C']?.deliveries.map((d) => `${d.state} ${d.lastReply}`), ['failed 550 5.1.1 no such user'], 'a failed record stays a record');
-    assert.deepEqual(views['M2D']?.deliveries.map((d) => d.state), ['held'], 'held mail stays held');
   });
 
   it('a spool in format 1 (pre-release builds) is migrated at start-up and its queued mail is delivered', async () => {
