@@ -13,8 +13,7 @@ import { tempDir } from './support/util.ts';
 const MiB = 1024 * 1024;
 
 function run(release: boolean): Promise<{ held: number; after: number }> {
-  const dir = tempDir();
-  const source = `
+  return inChild(`
     import { Buffer } from 'node:buffer';
     import { setFlagsFromString } from 'node:v8';
     import { runInNewContext } from 'node:vm';
@@ -33,7 +32,34 @@ function run(release: boolean): Promise<{ held: number; after: number }> {
     await sleep(300);
     process.stdout.write(JSON.stringify({ held, after: process.memoryUsage().arrayBuffers }));
     process.exit(0);
-  `;
+  `);
+}
+
+/**
+ * 24 MiB arriving in 64 KiB reads, each copied once (as smtp-server copies a socket's reads) and let
+ * go, in one stretch of the event loop, as on loopback: the most buffer memory alive at any moment
+ * beyond what the process started with. With `report`, every copy is reported to passedThrough().
+ */
+function busyStretch(report: boolean): Promise<{ most: number }> {
+  return inChild(`
+    import { Buffer } from 'node:buffer';
+    import { passedThrough, startBufferCollector } from ${JSON.stringify(join(ROOT, 'shared', 'src', 'runtime', 'young-gc.ts'))};
+    startBufferCollector();
+    const start = process.memoryUsage().arrayBuffers;
+    let most = 0;
+    for (let i = 0; i < ${(24 * MiB) / (64 * 1024)}; i++) {
+      const read = Buffer.allocUnsafe(${64 * 1024});
+      Buffer.concat([read.subarray(0, 4), read]);
+      ${report ? `passedThrough(read.length);` : ''}
+      most = Math.max(most, process.memoryUsage().arrayBuffers - start);
+    }
+    process.stdout.write(JSON.stringify({ most }));
+    process.exit(0);
+  `);
+}
+
+function inChild<T>(source: string): Promise<T> {
+  const dir = tempDir();
   return new Promise((resolve, reject) => {
     const child = spawnModule(source, dir.path, { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
@@ -42,7 +68,7 @@ function run(release: boolean): Promise<{ held: number; after: number }> {
     child.once('exit', (code) => {
       dir.remove();
       if (code !== 0) return reject(new Error(`child exited with ${code}: ${out}`));
-      resolve(JSON.parse(out) as { held: number; after: number });
+      resolve(JSON.parse(out) as T);
     });
   });
 }
@@ -61,5 +87,15 @@ describe('buffer collector: a large body let go is freed at once', { skip: count
   it('without it the body stays: V8 does not collect for buffer memory alone', async () => {
     const { after } = await run(false);
     assert.ok(after >= 24 * MiB, `${after} bytes of buffers left`);
+  });
+
+  it('passedThrough() keeps the buffers a busy stretch leaves behind to a few MiB', async () => {
+    const { most } = await busyStretch(true);
+    assert.ok(most < 12 * MiB, `${most} bytes of buffers alive at once`);
+  });
+
+  it('without it they pile up: the timer does not run within the stretch, V8 does not collect for them', async () => {
+    const { most } = await busyStretch(false);
+    assert.ok(most >= 40 * MiB, `${most} bytes of buffers alive at once`);
   });
 });

@@ -1,5 +1,6 @@
 import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
+import { passedThrough } from '@backupmx/shared/runtime/young-gc.ts';
 
 /**
  * Measures the header section of a message as it streams in: everything up to and including the
@@ -157,6 +158,7 @@ export function readMessage(stream: Readable & { sizeExceeded?: boolean }, maxSi
     };
     stream.on('data', (chunk: Buffer) => {
       size += chunk.length;
+      passedThrough(chunk.length); // the socket's read and smtp-server's copy of it are garbage now
       header.push(chunk);
       if (overBudget) return;
       if (size > maxSize) return drop();

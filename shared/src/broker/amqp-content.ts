@@ -1,6 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
+import { passedThrough } from '../runtime/young-gc.ts';
 
 /** The frames amqplib's channels take in (lib/channel.js): a content header announces the body's size, content frames carry it. */
 interface Frame {
@@ -79,6 +80,7 @@ function assembleContentInPlace(require: NodeJS.Require): void {
     }
     content.copy(assembly.body, assembly.filled);
     assembly.filled += content.length;
+    passedThrough(content.length); // the frame, and the socket's reads it was cut from, are garbage now
     if (assembly.filled < assembly.size) return;
     this[ASSEMBLY] = null;
     return accept.call(this, { content: assembly.body });
@@ -128,6 +130,7 @@ function frameContentLazily(require: NodeJS.Require): void {
       while (offset < body.length) {
         const more = buffer.write(makeBodyFrame(channel, body.subarray(offset, offset + maxBody)));
         offset += maxBody;
+        passedThrough(maxBody); // a frame: garbage once the socket took it
         if (!more && offset < body.length) return void buffer.once('drain', pump);
       }
       queues.delete(channel);

@@ -13,6 +13,7 @@ import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { Readable } from 'node:stream';
 import type { Logger } from '../runtime/logger.ts';
+import { passedThrough } from '../runtime/young-gc.ts';
 import { groupCommit } from './group-commit.ts';
 import { openWalSync, type WalSync } from './wal-sync.ts';
 import { checkSchema, prepareSchema, SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
@@ -333,6 +334,7 @@ export async function openSqliteStore(
       if (!open) throw new Error('sqlite store is closed');
       const row = q.part.get(id, seq) as { part: Uint8Array } | undefined;
       if (!row) throw new Error(`message ${id} has no body any more: every delivery is delivered or failed`);
+      passedThrough(row.part.byteLength); // the parts sent before this one, and the client's copies of them, are garbage now
       yield Buffer.from(row.part.buffer, row.part.byteOffset, row.part.byteLength);
     }
   }
