@@ -174,6 +174,42 @@ function peakRssMb(pid: number | undefined): number | null {
   }
 }
 
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ: 100 on Linux). */
+const TICKS_PER_S = 100;
+
+/**
+ * CPU seconds a set of processes has used: user + system, plus what their reaped children used
+ * (Postfix's master reaps its smtp processes), read from /proc/PID/stat; 0 for one that is gone.
+ */
+function cpuSeconds(pids: readonly number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // Fields after "(comm) ": state is 3rd, utime 14th, stime 15th, cutime 16th, cstime 17th.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / TICKS_PER_S;
+}
+
+/** PIDs of RabbitMQ's Erlang VM (beam.smp), whose work over RabbitMQ counts against that row. */
+function brokerPids(): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (/^beam/.test(readFileSync(`/proc/${name}/comm`, 'utf8'))) pids.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
 /** SIGTERM, then SIGKILL after `graceMs`. */
 async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
@@ -279,6 +315,8 @@ interface Result {
   delivered: number;
   flushMs: number;
   firstMs: number | null;
+  /** CPU seconds used during the flush: the MTA under test (over RabbitMQ: with the broker's), and the primary. */
+  flushCpu: { mta: number; sink: number; broker: number };
   rss: { name: string; mb: number | null }[];
   warnings: string[];
 }
@@ -391,7 +429,11 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
+    const ours = services.map((s) => s.child.pid as number);
+    const broker = mode === 'rabbit' ? brokerPids() : [];
+    const cpuBefore = { mta: cpuSeconds(ours), broker: cpuSeconds(broker) };
     const { firstMs, flushMs } = await timeFlush(sink, accepted, performance.now(), warn);
+    const flushCpu = { mta: cpuSeconds(ours) - cpuBefore.mta, sink: cpuSeconds([sinkChild.pid as number]), broker: cpuSeconds(broker) - cpuBefore.broker };
     // Let the deliverer record its last deliveries, then check the counts.
     try {
       await waitUntil('the spool to empty', 60_000, 100, async () => (await totals(spoolStore)).messages === 0);
@@ -406,7 +448,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
 
     const rss = services.map((s) => ({ name: s.name, mb: peakRssMb(s.child.pid) }));
     for (const s of services) if (s.child.exitCode !== null) warn(`${s.name} exited early with ${s.child.exitCode}`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss, warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, flushCpu, rss, warnings };
   } finally {
     await store?.close();
     for (const service of [...services].reverse()) await stopChild(service.child);
@@ -486,9 +528,11 @@ async function runPostfix(): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
+    const cpuBefore = cpuSeconds(instance.pids());
     const flushStart = performance.now();
     instance.flush();
     const { firstMs, flushMs } = await timeFlush(sink, accepted, flushStart, warn);
+    const flushCpu = { mta: cpuSeconds(instance.pids()) - cpuBefore, sink: cpuSeconds([sinkChild.pid as number]), broker: 0 };
     try {
       await waitUntil('the Postfix queue to empty', 60_000, 100, () => instance.queued() === 0);
     } catch (error) {
@@ -499,7 +543,7 @@ async function runPostfix(): Promise<Result> {
     if (delivered < accepted) warn(`the primary got ${delivered} of ${accepted} accepted messages`);
     if (delivered > accepted) warn(`the primary got ${delivered} messages for ${accepted} accepted (${delivered - accepted} duplicates)`);
     say(`flush: ${delivered} in ${seconds(flushMs)} s = ${rate(Math.min(delivered, accepted), flushMs)} msg/s (first message after ${firstMs === null ? '-' : seconds(firstMs)} s)`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, flushCpu, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
   } finally {
     clearInterval(sampler);
     postfix?.stop();
@@ -564,19 +608,22 @@ const all = [...results.values()].flat();
 if (all.length > 0) {
   console.log('\nevery run:');
   table([
-    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'peak RSS MiB'],
-    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), rssText(r)]),
+    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'flush CPU s: MTA / broker / primary', 'peak RSS MiB'],
+    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), cpuText(r.flushCpu, 1), rssText(r)]),
   ]);
   const medians = ROWS.filter((row) => (results.get(row)?.length ?? 0) > 0).map((row) => {
     const runs = results.get(row) ?? [];
     const rss = (runs[0]?.rss ?? []).map((p, i) => ({ name: p.name, mb: median(runs.map((r) => r.rss[i]?.mb ?? 0)) }));
-    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
+    // CPU per delivered message, in ms: what each delivery cost the MTA (and broker) and the primary.
+    const perMessage = (pick: (c: Result['flushCpu']) => number) => median(runs.map((r) => (pick(r.flushCpu) * 1000) / Math.max(1, r.delivered)));
+    const cpu = { mta: perMessage((c) => c.mta), broker: perMessage((c) => c.broker), sink: perMessage((c) => c.sink) };
+    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), cpu, rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
   });
   const postfix = medians.find((m) => m.row === 'postfix');
   const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${(ours / theirs).toFixed(2)}x` : '-');
   console.log(`\nmedian of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion}):`);
   table([
-    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'peak RSS MiB (median; highest sum)'],
+    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'flush CPU ms/msg: MTA / broker / primary', 'peak RSS MiB (median; highest sum)'],
     ...medians.map((m) => [
       m.row,
       String(Math.round(m.accept)),
@@ -584,6 +631,7 @@ if (all.length > 0) {
       seconds(m.first),
       m.row === 'postfix' ? '1.00x' : ratio(m.accept, postfix?.accept),
       m.row === 'postfix' ? '1.00x' : ratio(m.flush, postfix?.flush),
+      cpuText(m.cpu, 2),
       `${rssText({ rss: m.rss } as Result)}; highest sum ${m.peak}`,
     ]),
   ]);
@@ -591,6 +639,9 @@ if (all.length > 0) {
   for (const r of all) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
 }
 
+function cpuText(cpu: Result['flushCpu'], digits: number): string {
+  return `${cpu.mta.toFixed(digits)} / ${cpu.broker > 0 ? cpu.broker.toFixed(digits) : '-'} / ${cpu.sink.toFixed(digits)}`;
+}
 function rssSum(r: Result): number {
   return r.rss.reduce((a, p) => a + (p.mb ?? 0), 0);
 }
