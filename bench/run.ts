@@ -326,6 +326,8 @@ interface Result {
   delivered: number;
   flushMs: number;
   firstMs: number | null;
+  /** CPU seconds the MTA under test used while the load generator ran (over RabbitMQ: with the broker's). */
+  acceptCpu: { mta: number; broker: number };
   /** CPU seconds used during the flush: the MTA under test (over RabbitMQ: with the broker's), and the primary. */
   flushCpu: { mta: number; sink: number; broker: number };
   rss: { name: string; mb: number | null }[];
@@ -400,9 +402,13 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
 
     // Accept phase.
     say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const ours = services.map((s) => s.child.pid as number);
+    const broker = mode === 'rabbit' ? brokerPids() : [];
+    const acceptCpuBefore = { mta: cpuSeconds(ours), broker: cpuSeconds(broker) };
     const acceptStart = performance.now();
     const source = await runSource(smtpPort);
     const acceptMs = performance.now() - acceptStart;
+    const acceptCpu = { mta: cpuSeconds(ours) - acceptCpuBefore.mta, broker: cpuSeconds(broker) - acceptCpuBefore.broker };
     for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
     if (source.failures.length > 10) say(`load generator: ... ${source.failures.length - 10} more lines`);
 
@@ -440,8 +446,6 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
-    const ours = services.map((s) => s.child.pid as number);
-    const broker = mode === 'rabbit' ? brokerPids() : [];
     const cpuBefore = { mta: cpuSeconds(ours), broker: cpuSeconds(broker) };
     const { firstMs, flushMs } = await timeFlush(sink, accepted, performance.now(), warn);
     const flushCpu = { mta: cpuSeconds(ours) - cpuBefore.mta, sink: cpuSeconds([sinkChild.pid as number]), broker: cpuSeconds(broker) - cpuBefore.broker };
@@ -459,7 +463,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
 
     const rss = services.map((s) => ({ name: s.name, mb: peakRssMb(s.child.pid) }));
     for (const s of services) if (s.child.exitCode !== null) warn(`${s.name} exited early with ${s.child.exitCode}`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, flushCpu, rss, warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, acceptCpu, flushCpu, rss, warnings };
   } finally {
     await store?.close();
     for (const service of [...services].reverse()) await stopChild(service.child);
@@ -514,9 +518,11 @@ async function runPostfix(): Promise<Result> {
     say(`started postfix -c ${join(dir.path, 'postfix', 'etc')} (master pid ${instance.pids()[0] ?? '?'}); smtpd on 127.0.0.1:${smtpPort}, primary 127.0.0.1:${primaryPort} (down)`);
 
     say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const acceptCpuBefore = cpuSeconds(instance.pids());
     const acceptStart = performance.now();
     const source = await runSource(smtpPort);
     const acceptMs = performance.now() - acceptStart;
+    const acceptCpu = { mta: cpuSeconds(instance.pids()) - acceptCpuBefore, broker: 0 };
     for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
     const lagStart = performance.now();
     let accepted = source.accepted ?? 0;
@@ -553,7 +559,7 @@ async function runPostfix(): Promise<Result> {
     if (delivered < accepted) warn(`the primary got ${delivered} of ${accepted} accepted messages`);
     if (delivered > accepted) warn(`the primary got ${delivered} messages for ${accepted} accepted (${delivered - accepted} duplicates)`);
     say(`flush: ${delivered} in ${seconds(flushMs)} s = ${rate(Math.min(delivered, accepted), flushMs)} msg/s (first message after ${firstMs === null ? '-' : seconds(firstMs)} s)`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, flushCpu, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, acceptCpu, flushCpu, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
   } finally {
     clearInterval(sampler);
     postfix?.stop();
@@ -617,22 +623,23 @@ const all = [...results.values()].flat();
 if (all.length > 0) {
   console.log('\nevery run:');
   table([
-    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'flush CPU s: MTA / broker / primary', 'peak RSS MiB'],
-    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), cpuText(r.flushCpu, 1), rssText(r)]),
+    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'accept CPU s: MTA / broker', 'flush CPU s: MTA / broker / primary', 'peak RSS MiB'],
+    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), cpuText({ ...r.acceptCpu, sink: null }, 1), cpuText(r.flushCpu, 1), rssText(r)]),
   ]);
   const medians = ROWS.filter((row) => (results.get(row)?.length ?? 0) > 0).map((row) => {
     const runs = results.get(row) ?? [];
     const rss = (runs[0]?.rss ?? []).map((p, i) => ({ name: p.name, mb: median(runs.map((r) => r.rss[i]?.mb ?? 0)) }));
     // CPU per delivered message, in ms: what each delivery cost the MTA (and broker) and the primary.
-    const perMessage = (pick: (c: Result['flushCpu']) => number) => median(runs.map((r) => (pick(r.flushCpu) * 1000) / Math.max(1, r.delivered)));
-    const cpu = { mta: perMessage((c) => c.mta), broker: perMessage((c) => c.broker), sink: perMessage((c) => c.sink) };
-    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), cpu, rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
+    const perMessage = (pick: (r: Result) => number, n: (r: Result) => number) => median(runs.map((r) => (pick(r) * 1000) / Math.max(1, n(r))));
+    const cpu = { mta: perMessage((r) => r.flushCpu.mta, (r) => r.delivered), broker: perMessage((r) => r.flushCpu.broker, (r) => r.delivered), sink: perMessage((r) => r.flushCpu.sink, (r) => r.delivered) };
+    const acceptCpu = { mta: perMessage((r) => r.acceptCpu.mta, (r) => r.accepted), broker: perMessage((r) => r.acceptCpu.broker, (r) => r.accepted), sink: null };
+    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), acceptCpu, cpu, rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
   });
   const postfix = medians.find((m) => m.row === 'postfix');
   const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${(ours / theirs).toFixed(2)}x` : '-');
   console.log(`\nmedian of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion}):`);
   table([
-    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'flush CPU ms/msg: MTA / broker / primary', 'peak RSS MiB (median; highest sum)'],
+    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'accept CPU ms/msg: MTA / broker', 'flush CPU ms/msg: MTA / broker / primary', 'peak RSS MiB (median; highest sum)'],
     ...medians.map((m) => [
       m.row,
       String(Math.round(m.accept)),
@@ -640,6 +647,7 @@ if (all.length > 0) {
       seconds(m.first),
       m.row === 'postfix' ? '1.00x' : ratio(m.accept, postfix?.accept),
       m.row === 'postfix' ? '1.00x' : ratio(m.flush, postfix?.flush),
+      cpuText(m.acceptCpu, 2),
       cpuText(m.cpu, 2),
       `${rssText({ rss: m.rss } as Result)}; highest sum ${m.peak}`,
     ]),
@@ -648,8 +656,8 @@ if (all.length > 0) {
   for (const r of all) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
 }
 
-function cpuText(cpu: Result['flushCpu'], digits: number): string {
-  return `${cpu.mta.toFixed(digits)} / ${cpu.broker > 0 ? cpu.broker.toFixed(digits) : '-'} / ${cpu.sink.toFixed(digits)}`;
+function cpuText(cpu: { mta: number; broker: number; sink: number | null }, digits: number): string {
+  return `${cpu.mta.toFixed(digits)} / ${cpu.broker > 0 ? cpu.broker.toFixed(digits) : '-'}${cpu.sink === null ? '' : ` / ${cpu.sink.toFixed(digits)}`}`;
 }
 function rssSum(r: Result): number {
   return r.rss.reduce((a, p) => a + (p.mb ?? 0), 0);
