@@ -56,8 +56,7 @@ if (args.help) {
   --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
   --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
   --sink count|files  the primary: smtp-sink counting what it is given (-c, default), or writing each
-                    message to a file (-d: a primary that spends about a core on files, on the
-                    same cores as the MTA under test)
+                    message to a file (-d; its CPU per message is printed with the flush's)
   --keep            keep the temporary directory (logs, spool, sink dump) and print its path
   --env KEY=VALUE   a setting for our processes (repeatable), e.g. --env DELIVERY_CONCURRENCY=20
   --profile DIR     write a V8 CPU profile of each of our processes into DIR (node --cpu-prof);
