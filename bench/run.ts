@@ -56,8 +56,7 @@ if (args.help) {
   --greeting-delay  GREETING_DELAY for ingress; default: unset (service default)
   --tools           load generator and primary: Postfix smtp-source/smtp-sink, or the nodemailer/smtp-server fallback
   --sink count|files  the primary: smtp-sink counting what it is given (-c, default), or writing each
-                    message to a file (-d: a primary that spends about a core on files, on the
-                    same cores as the MTA under test)
+                    message to a file (-d; its CPU per message is printed with the flush's)
   --keep            keep the temporary directory (logs, spool, sink dump) and print its path
   --env KEY=VALUE   a setting for our processes (repeatable), e.g. --env DELIVERY_CONCURRENCY=20
   --profile DIR     write a V8 CPU profile of each of our processes into DIR (node --cpu-prof);
@@ -123,9 +122,20 @@ if (args.tools === 'auto' && !POSTFIX) {
 // ---- cleanup that also runs on Ctrl-C ----------------------------------------------------------
 
 const cleanups: (() => void)[] = [];
+/**
+ * Each run's temporary directory (spool, sink files, Postfix's queue) is removed when the bench
+ * ends, not when its run does. On this machine's ext4 (no journal), creating a file skips every inode
+ * deleted in the last 30 s of its block group, reading each one's inode (ext4 recently_deleted()):
+ * removing one run's 10,000 files made the next run's primary (smtp-sink -d) and Postfix's queue
+ * pay for it, and the row run after another's cleanup lost up to half its flush rate.
+ */
+const afterAll: (() => void)[] = [];
+function removeAll(): void {
+  for (const remove of afterAll.splice(0)) remove();
+}
 function onSignal(signal: NodeJS.Signals) {
   console.error(`\n${signal}: cleaning up`);
-  for (const cleanup of cleanups.splice(0).reverse()) {
+  for (const cleanup of [...cleanups.splice(0).reverse(), ...afterAll.splice(0)]) {
     try {
       cleanup();
     } catch {
@@ -172,6 +182,42 @@ function peakRssMb(pid: number | undefined): number | null {
   } catch {
     return null;
   }
+}
+
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ: 100 on Linux). */
+const TICKS_PER_S = 100;
+
+/**
+ * CPU seconds a set of processes has used: user + system, plus what their reaped children used
+ * (Postfix's master reaps its smtp processes), read from /proc/PID/stat; 0 for one that is gone.
+ */
+function cpuSeconds(pids: readonly number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // Fields after "(comm) ": state is 3rd, utime 14th, stime 15th, cutime 16th, cstime 17th.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / TICKS_PER_S;
+}
+
+/** PIDs of RabbitMQ's Erlang VM (beam.smp), whose work over RabbitMQ counts against that row. */
+function brokerPids(): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (/^beam/.test(readFileSync(`/proc/${name}/comm`, 'utf8'))) pids.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
 }
 
 /** SIGTERM, then SIGKILL after `graceMs`. */
@@ -279,6 +325,10 @@ interface Result {
   delivered: number;
   flushMs: number;
   firstMs: number | null;
+  /** CPU seconds the MTA under test used while the load generator ran (over RabbitMQ: with the broker's). */
+  acceptCpu: { mta: number; broker: number };
+  /** CPU seconds used during the flush: the MTA under test (over RabbitMQ: with the broker's), and the primary. */
+  flushCpu: { mta: number; sink: number; broker: number };
   rss: { name: string; mb: number | null }[];
   warnings: string[];
 }
@@ -310,7 +360,7 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
   let store: Store | null = null;
   let vhost: ReturnType<typeof createVhost> | null = null;
   const removeDir = () => (args.keep ? undefined : dir.remove());
-  cleanups.push(removeDir);
+  afterAll.push(removeDir);
   try {
     if (mode === 'rabbit') {
       vhost = createVhost();
@@ -351,9 +401,13 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
 
     // Accept phase.
     say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const ours = services.map((s) => s.child.pid as number);
+    const broker = mode === 'rabbit' ? brokerPids() : [];
+    const acceptCpuBefore = { mta: cpuSeconds(ours), broker: cpuSeconds(broker) };
     const acceptStart = performance.now();
     const source = await runSource(smtpPort);
     const acceptMs = performance.now() - acceptStart;
+    const acceptCpu = { mta: cpuSeconds(ours) - acceptCpuBefore.mta, broker: cpuSeconds(broker) - acceptCpuBefore.broker };
     for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
     if (source.failures.length > 10) say(`load generator: ... ${source.failures.length - 10} more lines`);
 
@@ -391,7 +445,9 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
+    const cpuBefore = { mta: cpuSeconds(ours), broker: cpuSeconds(broker) };
     const { firstMs, flushMs } = await timeFlush(sink, accepted, performance.now(), warn);
+    const flushCpu = { mta: cpuSeconds(ours) - cpuBefore.mta, sink: cpuSeconds([sinkChild.pid as number]), broker: cpuSeconds(broker) - cpuBefore.broker };
     // Let the deliverer record its last deliveries, then check the counts.
     try {
       await waitUntil('the spool to empty', 60_000, 100, async () => (await totals(spoolStore)).messages === 0);
@@ -406,14 +462,13 @@ async function runMode(mode: 'one' | 'rabbit'): Promise<Result> {
 
     const rss = services.map((s) => ({ name: s.name, mb: peakRssMb(s.child.pid) }));
     for (const s of services) if (s.child.exitCode !== null) warn(`${s.name} exited early with ${s.child.exitCode}`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss, warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, acceptCpu, flushCpu, rss, warnings };
   } finally {
     await store?.close();
     for (const service of [...services].reverse()) await stopChild(service.child);
     if (sink) await stopChild(sink.child);
     vhost?.remove();
     if (args.keep) say(`kept ${dir.path} (logs in ${logs})`);
-    else removeDir();
     cleanups.length = 0;
   }
 }
@@ -443,7 +498,7 @@ async function runPostfix(): Promise<Result> {
   let postfix: PostfixInstance | null = null;
   let sink: Sink | null = null;
   const removeDir = () => (args.keep ? undefined : dir.remove());
-  cleanups.push(removeDir);
+  afterAll.push(removeDir);
   // Peak of the summed PSS of all of Postfix's processes (master, smtpd, cleanup, qmgr, smtp...), sampled.
   let peak = 0;
   let processes = 0;
@@ -462,9 +517,11 @@ async function runPostfix(): Promise<Result> {
     say(`started postfix -c ${join(dir.path, 'postfix', 'etc')} (master pid ${instance.pids()[0] ?? '?'}); smtpd on 127.0.0.1:${smtpPort}, primary 127.0.0.1:${primaryPort} (down)`);
 
     say(`accept: ${MESSAGES} messages, ${SESSIONS} sessions, ${SIZE} body bytes, ${args.reuse ? 'connections reused' : 'one message per connection'}`);
+    const acceptCpuBefore = cpuSeconds(instance.pids());
     const acceptStart = performance.now();
     const source = await runSource(smtpPort);
     const acceptMs = performance.now() - acceptStart;
+    const acceptCpu = { mta: cpuSeconds(instance.pids()) - acceptCpuBefore, broker: 0 };
     for (const line of source.failures.slice(0, 10)) say(`load generator: ${line}`);
     const lagStart = performance.now();
     let accepted = source.accepted ?? 0;
@@ -486,9 +543,11 @@ async function runPostfix(): Promise<Result> {
       if (sinkChild.exitCode !== null) throw new Error(`the sink exited with ${sinkChild.exitCode}`);
       return canConnect(primaryPort);
     });
+    const cpuBefore = cpuSeconds(instance.pids());
     const flushStart = performance.now();
     instance.flush();
     const { firstMs, flushMs } = await timeFlush(sink, accepted, flushStart, warn);
+    const flushCpu = { mta: cpuSeconds(instance.pids()) - cpuBefore, sink: cpuSeconds([sinkChild.pid as number]), broker: 0 };
     try {
       await waitUntil('the Postfix queue to empty', 60_000, 100, () => instance.queued() === 0);
     } catch (error) {
@@ -499,13 +558,12 @@ async function runPostfix(): Promise<Result> {
     if (delivered < accepted) warn(`the primary got ${delivered} of ${accepted} accepted messages`);
     if (delivered > accepted) warn(`the primary got ${delivered} messages for ${accepted} accepted (${delivered - accepted} duplicates)`);
     say(`flush: ${delivered} in ${seconds(flushMs)} s = ${rate(Math.min(delivered, accepted), flushMs)} msg/s (first message after ${firstMs === null ? '-' : seconds(firstMs)} s)`);
-    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
+    return { mode: label, accepted, acceptMs, spoolLagMs, delivered, flushMs, firstMs, acceptCpu, flushCpu, rss: [{ name: `${processes} processes, PSS sum`, mb: Math.round(peak) }], warnings };
   } finally {
     clearInterval(sampler);
     postfix?.stop();
     if (sink) await stopChild(sink.child);
     if (args.keep) say(`kept ${dir.path} (maillog in ${join(dir.path, 'postfix', 'maillog')})`);
-    else removeDir();
     cleanups.length = 0;
   }
 }
@@ -564,19 +622,23 @@ const all = [...results.values()].flat();
 if (all.length > 0) {
   console.log('\nevery run:');
   table([
-    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'peak RSS MiB'],
-    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), rssText(r)]),
+    ['mode', 'accepted', 'accept s', 'accept msg/s', 'queue lag s', 'delivered', 'flush s', 'flush msg/s', 'first msg s', 'accept CPU s: MTA / broker', 'flush CPU s: MTA / broker / primary', 'peak RSS MiB'],
+    ...all.map((r) => [r.mode, String(r.accepted), seconds(r.acceptMs), String(acceptRate(r)), seconds(r.spoolLagMs), String(r.delivered), seconds(r.flushMs), String(flushRate(r)), r.firstMs === null ? '-' : seconds(r.firstMs), cpuText({ ...r.acceptCpu, sink: null }, 1), cpuText(r.flushCpu, 1), rssText(r)]),
   ]);
   const medians = ROWS.filter((row) => (results.get(row)?.length ?? 0) > 0).map((row) => {
     const runs = results.get(row) ?? [];
     const rss = (runs[0]?.rss ?? []).map((p, i) => ({ name: p.name, mb: median(runs.map((r) => r.rss[i]?.mb ?? 0)) }));
-    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
+    // CPU per delivered message, in ms: what each delivery cost the MTA (and broker) and the primary.
+    const perMessage = (pick: (r: Result) => number, n: (r: Result) => number) => median(runs.map((r) => (pick(r) * 1000) / Math.max(1, n(r))));
+    const cpu = { mta: perMessage((r) => r.flushCpu.mta, (r) => r.delivered), broker: perMessage((r) => r.flushCpu.broker, (r) => r.delivered), sink: perMessage((r) => r.flushCpu.sink, (r) => r.delivered) };
+    const acceptCpu = { mta: perMessage((r) => r.acceptCpu.mta, (r) => r.accepted), broker: perMessage((r) => r.acceptCpu.broker, (r) => r.accepted), sink: null };
+    return { row, n: runs.length, accept: median(runs.map(acceptRate)), flush: median(runs.map(flushRate)), first: median(runs.map((r) => r.firstMs ?? 0)), acceptCpu, cpu, rss, peak: Math.max(...runs.map((r) => rssSum(r))) };
   });
   const postfix = medians.find((m) => m.row === 'postfix');
   const ratio = (ours: number, theirs: number | undefined) => (theirs ? `${(ours / theirs).toFixed(2)}x` : '-');
   console.log(`\nmedian of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''} (${MESSAGES} x ${SIZE} B, ${SESSIONS} sessions, ${args.reuse ? 'reused connections' : '1 msg/connection'}, GREETING_DELAY=${GREETING_DELAY ?? 'default'}, ${POSTFIX ? 'smtp-source/smtp-sink' : 'node fallback'}, ${availableParallelism()} cpus, node ${nodeVersion}):`);
   table([
-    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'peak RSS MiB (median; highest sum)'],
+    ['mode', 'accept msg/s', 'flush msg/s', 'first msg s', 'accept vs postfix', 'flush vs postfix', 'accept CPU ms/msg: MTA / broker', 'flush CPU ms/msg: MTA / broker / primary', 'peak RSS MiB (median; highest sum)'],
     ...medians.map((m) => [
       m.row,
       String(Math.round(m.accept)),
@@ -584,6 +646,8 @@ if (all.length > 0) {
       seconds(m.first),
       m.row === 'postfix' ? '1.00x' : ratio(m.accept, postfix?.accept),
       m.row === 'postfix' ? '1.00x' : ratio(m.flush, postfix?.flush),
+      cpuText(m.acceptCpu, 2),
+      cpuText(m.cpu, 2),
       `${rssText({ rss: m.rss } as Result)}; highest sum ${m.peak}`,
     ]),
   ]);
@@ -591,6 +655,9 @@ if (all.length > 0) {
   for (const r of all) for (const w of r.warnings) console.log(`WARNING (${r.mode}): ${w}`);
 }
 
+function cpuText(cpu: { mta: number; broker: number; sink: number | null }, digits: number): string {
+  return `${cpu.mta.toFixed(digits)} / ${cpu.broker > 0 ? cpu.broker.toFixed(digits) : '-'}${cpu.sink === null ? '' : ` / ${cpu.sink.toFixed(digits)}`}`;
+}
 function rssSum(r: Result): number {
   return r.rss.reduce((a, p) => a + (p.mb ?? 0), 0);
 }
@@ -599,4 +666,5 @@ function rssText(r: Result): string {
   return `${r.rss.map((p) => `${p.name}=${p.mb ?? '?'}`).join(' ')} sum=${rssSum(r)}`;
 }
 
+removeAll();
 process.exit(failed || all.some((r) => r.warnings.length > 0) ? 1 : 0);

@@ -32,6 +32,9 @@ describe('npm run bench side by side with Postfix', { skip }, () => {
     assert.ok(ours, `no one-process row in:\n${summary}`);
     // accept and flush each as a ratio against Postfix, e.g. "1.23x"
     assert.equal(ours.match(/\b\d+\.\d\dx\b/g)?.length, 2, ours);
+    // what the accept and the flush cost in CPU per message, for both rows (MTA / broker [/ primary])
+    assert.match(summary, /accept CPU ms\/msg: MTA \/ broker +flush CPU ms\/msg: MTA \/ broker \/ primary/, summary);
+    for (const row of [postfix, ours]) assert.match(row, /\d+\.\d\d \/ - +\d+\.\d\d \/ - \/ \d+\.\d\d/, row);
     assert.match(output, /\[postfix\] accept: 50 in /);
     assert.match(output, /\[postfix\] flush: 50 in /);
     assert.match(output, /\[one-process\] flush: 50 in /);
