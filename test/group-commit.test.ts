@@ -238,6 +238,27 @@ describe('group commit: a write is answered only after its sync', () => {
       await store.close();
     }
   });
+
+  it('puts that arrive a millisecond apart, as the sessions of a busy ingress finish their DATA, share commits and syncs; each is answered after the sync that covers it', async () => {
+    const path = join(dir.path, 'apart.sqlite');
+    let syncs = 0;
+    const store = await openSqliteStore(path, { sync: async () => void (syncs += 1) });
+    const mail = (id: string) => ({ id, envelope: { mailFrom: 'a@origin.test', rcptTo: ['u@example.test'] }, body: Buffer.from(`Subject: ${id}\r\n\r\nbody\r\n`), receivedAt: Date.now() });
+    const routes = { 'u@example.test': 'primary' };
+    try {
+      const puts: Promise<boolean>[] = [];
+      for (let i = 0; i < 20; i++) {
+        puts.push(store.put(mail(`APART${String(i).padStart(3, '0')}`), routes));
+        await sleep(1);
+      }
+      assert.deepEqual(await Promise.all(puts), Array(20).fill(true));
+      assert.equal((await store.stats()).messages, 20);
+      // One commit and sync per put would be 20 (each put alone in its event-loop turn).
+      assert.ok(syncs <= 10, `20 puts a millisecond apart took ${syncs} syncs`);
+    } finally {
+      await store.close();
+    }
+  });
 });
 
 describe('group commit: the SMTP reply waits for the sync of the WAL', () => {
