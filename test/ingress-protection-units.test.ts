@@ -150,6 +150,20 @@ describe('header size meter', () => {
     assert.deepEqual(measure(['Subject: x\r', '\n', '\r', '\nbody']), { size: 14, over: false });
     assert.deepEqual(measure(['\r\nbody only']), { size: 2, over: false });
     assert.deepEqual(measure(['A: 1\r\nB: 2\r\n\r\n']), { size: 14, over: false });
+    assert.deepEqual(measure(['\nbody only']), { size: 1, over: false });
+    assert.deepEqual(measure(['A: 1\r\n\nbody']), { size: 7, over: false }, 'a bare LF after a CRLF is an empty line');
+    assert.deepEqual(measure(['A: 1\r\r\nB: 2\n\r\nbody']), { size: 14, over: false });
+    assert.deepEqual(measure(['A: 1\r\nB: 2\r\n']), { size: null, over: false }, 'no empty line yet');
+  });
+
+  it('finds the same end wherever the chunks break, one byte at a time included', () => {
+    for (const text of ['Subject: x\r\n folded\r\n\r\nbody\r\n\r\n', 'A: 1\n\nb', '\r\nbody', '\nbody', 'A: 1\r\r\nB: 2\n\r\nbody', 'A\r\n\r']) {
+      const whole = measure([text]);
+      for (let a = 0; a <= text.length; a++) {
+        for (let b = a; b <= text.length; b++) assert.deepEqual(measure([text.slice(0, a), text.slice(a, b), text.slice(b)]), whole, `${JSON.stringify(text)} cut at ${a}, ${b}`);
+      }
+      assert.deepEqual(measure([...text]), whole, `${JSON.stringify(text)} byte by byte`);
+    }
   });
 
   it('is over the limit as soon as the header section is known to be larger', () => {

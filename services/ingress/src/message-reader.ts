@@ -2,26 +2,33 @@ import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import { passedThrough } from '@backupmx/shared/runtime/young-gc.ts';
 
+const LF = 0x0a;
+const CR = 0x0d;
+
 /**
  * Measures the header section of a message as it streams in: everything up to and including the
  * first empty line (CRLF or bare LF). `over` turns true as soon as it is known to exceed `limit`.
+ * It looks only at the line ends of each chunk (it used to make a string of every chunk and search
+ * that: a tenth of what ingress allocated per message in a heap profile).
  */
 export function createHeaderMeter(limit: number) {
   let consumed = 0;
-  // A leading "\n" stands for the start of the message, so that an empty first line ends it.
-  let carry = '\n';
+  // The two bytes before the next chunk; a leading LF stands for the start of the message, so that an empty first line ends it.
+  let before: [number | undefined, number | undefined] = [undefined, LF];
   let size: number | null = null;
   return {
     push(chunk: Buffer): void {
       if (size !== null || consumed > limit) return;
-      const text = carry + chunk.toString('latin1');
-      const end = /\n\r?\n/.exec(text);
-      if (end) {
-        size = consumed + end.index - carry.length + end[0].length;
-        return;
+      const at = (i: number) => (i >= 0 ? chunk[i] : before[2 + i]);
+      for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) {
+        const b1 = at(i - 1);
+        if (b1 === LF || (b1 === CR && at(i - 2) === LF)) {
+          size = consumed + i + 1;
+          return;
+        }
       }
       consumed += chunk.length;
-      carry = text.slice(-2);
+      before = [at(chunk.length - 2), at(chunk.length - 1)];
     },
     /** Bytes of the header section, once its end was seen. */
     get size(): number | null {

@@ -2,6 +2,7 @@ import type { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
 // Before mailauth: it replaces the SPF function mailauth takes when it is loaded.
 import { SPF_CACHE_OPTION, type SpfCache } from './spf-cache.ts';
+import './mailauth-header-scan.ts';
 import { authenticate, type AuthenticateResult } from 'mailauth';
 import type { SmtpReply } from '@backupmx/shared/rules/smtp-reply.ts';
 import type { Resolver } from './dns.ts';
