@@ -10,9 +10,7 @@
  */
 import type { Buffer } from 'node:buffer';
 import { createRequire } from 'node:module';
-
-const LF = 0x0a;
-const CR = 0x0d;
+import { headerEnd } from './message-reader.ts';
 
 /** The part of mailauth's MessageParser this reads and keeps as the original does. */
 export interface HeaderScanState {
@@ -24,17 +22,6 @@ export interface HeaderScanState {
   headerChunks: Buffer[];
   emitHeaders(chunk?: Buffer): Promise<void>;
   nextChunk(chunk: Buffer): Promise<void>;
-}
-
-/** Index of the LF that ends the header section in `chunk`, or -1; `before` are the bytes just before it, `seen` how many came before it. */
-export function headerEnd(chunk: Buffer, before: readonly number[], seen: number): number {
-  const at = (i: number): number | undefined => (i >= 0 ? chunk[i] : before[before.length + i]);
-  for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) {
-    const b1 = at(i - 1);
-    const count = seen + i + 1;
-    if (b1 === LF || (b1 === CR && at(i - 2) === LF) || count === 1 || (count === 2 && b1 === CR)) return i;
-  }
-  return -1;
 }
 
 export async function processChunk(this: HeaderScanState, input: Buffer): Promise<void> {

@@ -6,6 +6,22 @@ const LF = 0x0a;
 const CR = 0x0d;
 
 /**
+ * Index in `chunk` of the LF that ends a message's header section (RFC 5322 2.1: the first empty
+ * line, CRLF or bare LF; an empty line first means an empty header section), or -1. `before` holds
+ * the last bytes before the chunk (two are enough), `seen` how many bytes came before it. Shared
+ * with mailauth-header-scan.ts, whose rule for mailauth's DKIM parser is the same.
+ */
+export function headerEnd(chunk: Buffer, before: readonly number[], seen: number): number {
+  const at = (i: number): number | undefined => (i >= 0 ? chunk[i] : before[before.length + i]);
+  for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) {
+    const b1 = at(i - 1);
+    const count = seen + i + 1;
+    if (b1 === LF || (b1 === CR && at(i - 2) === LF) || count === 1 || (count === 2 && b1 === CR)) return i;
+  }
+  return -1;
+}
+
+/**
  * Measures the header section of a message as it streams in: everything up to and including the
  * first empty line (CRLF or bare LF). `over` turns true as soon as it is known to exceed `limit`.
  * It looks only at the line ends of each chunk (it used to make a string of every chunk and search
@@ -13,22 +29,19 @@ const CR = 0x0d;
  */
 export function createHeaderMeter(limit: number) {
   let consumed = 0;
-  // The two bytes before the next chunk; a leading LF stands for the start of the message, so that an empty first line ends it.
-  let before: [number | undefined, number | undefined] = [undefined, LF];
+  // The last two bytes before the next chunk.
+  let before: number[] = [];
   let size: number | null = null;
   return {
     push(chunk: Buffer): void {
       if (size !== null || consumed > limit) return;
-      const at = (i: number) => (i >= 0 ? chunk[i] : before[2 + i]);
-      for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) {
-        const b1 = at(i - 1);
-        if (b1 === LF || (b1 === CR && at(i - 2) === LF)) {
-          size = consumed + i + 1;
-          return;
-        }
+      const end = headerEnd(chunk, before, consumed);
+      if (end !== -1) {
+        size = consumed + end + 1;
+        return;
       }
       consumed += chunk.length;
-      before = [at(chunk.length - 2), at(chunk.length - 1)];
+      before = [...before, ...chunk.subarray(-2)].slice(-2);
     },
     /** Bytes of the header section, once its end was seen. */
     get size(): number | null {
