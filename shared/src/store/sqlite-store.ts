@@ -450,8 +450,7 @@ export async function openSqliteStore(
       assertOpen();
       // A body in one row is one SELECT, consistent by itself; a body in parts, or none, is read in a transaction.
       const whole = q.body.get(messageId) as { body: Uint8Array } | undefined;
-      if (whole && whole.body.byteLength > 0) return Readable.from([Buffer.from(whole.body.buffer, whole.body.byteOffset, whole.body.byteLength)], { objectMode: false });
-      const row = tx(() => {
+      const row = whole && whole.body.byteLength > 0 ? { ...whole, parts: 0 } : tx(() => {
         const found = q.body.get(messageId) as { body: Uint8Array } | undefined;
         if (found) return { ...found, parts: found.body.byteLength === 0 ? Number((q.partCount.get(messageId) as { n: number }).n) : 0 };
         if (readMessage(messageId)) {
