@@ -6,16 +6,18 @@ import { describe, it, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomFillSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
+import { ConfigError } from '../shared/src/runtime/config.ts';
 import { createLogger } from '../shared/src/runtime/logger.ts';
 import type { Logger } from '../shared/src/runtime/logger.ts';
 import type { QueueStats, Store } from '../shared/src/store/store.ts';
 import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
+import { openStoreThread } from '../shared/src/store/store-thread.ts';
 import { spawnModule } from './support/processes.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
@@ -219,7 +221,8 @@ function contract(name: string, fresh: () => Promise<Backend>): void {
 
     it('readBody returns a multi-megabyte body intact', async () => {
       const body = randomBytes(3 * 1024 * 1024 + 17);
-      await store.put(mail('big', ['a@x.test'], T0, body), via('r1', ['a@x.test']));
+      // A copy: the store in its thread moves a large body instead of copying it (Store.put).
+      await store.put(mail('big', ['a@x.test'], T0, Buffer.from(body)), via('r1', ['a@x.test']));
       assert.ok((await bodyOf(store, 'big')).equals(body));
     });
 
@@ -1052,6 +1055,72 @@ contract('sqlite', async () => {
     open: () => openSqliteStore(path),
     dispose: async () => rmSync(dir, { recursive: true, force: true }),
   };
+});
+
+// The same file through the store thread `npm start` and the spool use (store-thread.ts): every call,
+// its result or its error, and every body crosses between threads.
+contract('sqlite in its thread', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+  const path = join(dir, 'nested', 'store.db');
+  return {
+    open: () => openStoreThread(path, createLogger('test', 'silent')),
+    dispose: async () => rmSync(dir, { recursive: true, force: true }),
+  };
+});
+
+describe('sqlite store: in its thread', () => {
+  const log = createLogger('test', 'silent');
+
+  it('moves a large body to its thread instead of copying it, and keeps it intact', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const store = await openStoreThread(join(dir, 'store.db'), log);
+      const body = Buffer.allocUnsafeSlow(2 * 1024 * 1024); // a buffer of its own, as a received message's
+      randomFillSync(body);
+      const copy = Buffer.from(body);
+      const put = store.put(mail('big', ['a@x.test'], T0, body), via('r1', ['a@x.test']));
+      assert.equal(body.length, 0, 'the caller no longer holds the bytes: they were moved, not copied');
+      assert.equal(await put, true);
+      assert.ok((await bodyOf(store, 'big')).equals(copy));
+      const small = Buffer.from('Subject: s\r\n\r\nsmall\r\n');
+      await store.put(mail('small', ['a@x.test'], T0, small), via('r1', ['a@x.test']));
+      assert.equal(small.toString(), 'Subject: s\r\n\r\nsmall\r\n', 'a small body is copied and stays the caller\'s');
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a reader that stops early leaves the store working, and close ends the thread', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const store = await openStoreThread(join(dir, 'store.db'), log);
+      await store.put(mail('big', ['a@x.test'], T0, randomBytes(5 * 1024 * 1024)), via('r1', ['a@x.test']));
+      const body = await store.readBody('big');
+      const [first] = (await body.take(1).toArray()) as Buffer[];
+      assert.equal(first?.length, 1024 * 1024, 'the first part of 1 MiB');
+      assert.ok(body.destroyed);
+      assert.equal((await store.stats()).messages, 1);
+      await store.close();
+      assert.equal(store.ready(), false);
+      await assert.rejects(store.stats(), /closed/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a file that is no backupmx store is refused in one line naming DATA_DIR', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+    try {
+      const path = join(dir, 'store.db');
+      const old = new DatabaseSync(path);
+      old.exec('CREATE TABLE messages (id TEXT PRIMARY KEY)');
+      old.close();
+      await assert.rejects(openStoreThread(path, log), (err: Error) => err instanceof ConfigError && err.message.startsWith(`DATA_DIR: ${path}: not a backupmx store`));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('sqlite store: separate processes', () => {

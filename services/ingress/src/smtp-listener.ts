@@ -271,10 +271,11 @@ export function createSmtpListener(config: Config, broker: Broker, log: Logger, 
     return tracer.startActiveSpan('smtp.data', { attributes: { 'backupmx.queue_id': id, 'backupmx.recipients': recipients.length, 'messaging.message.body.size': raw.length, 'client.address': session.remoteAddress } }, async (span) => {
       const carrier: Record<string, string> = {};
       propagation.inject(context.active(), carrier);
-      const written = deps.disk?.admit(raw.length);
+      const size = raw.length; // taken first: in one process the store's thread may take the body itself
+      const written = deps.disk?.admit(size);
       try {
         await broker.publishMail({ id, envelope, body: raw, receivedAt: Date.now(), trace: carrier });
-        log.info({ ...fields, size: raw.length, tls: Boolean(tlsSession) }, 'message accepted');
+        log.info({ ...fields, size, tls: Boolean(tlsSession) }, 'message accepted');
         return id;
       } catch (error) {
         span.recordException(error as Error);

@@ -61,9 +61,10 @@ export function createSpoolHandler(config: RoutingConfig, store: Store, broker: 
         }
         const routes: Record<string, string> = {};
         for (const recipient of mail.envelope.rcptTo) routes[recipient] = routeForRecipient(recipient, config);
-        const written = disk?.admit(mail.body.length);
+        const size = mail.body.length; // taken first: put may move a large body to the store's thread
+        const written = disk?.admit(size);
         const created = await store.put(mail, routes).finally(() => written?.());
-        log.info({ queueId: mail.id, from: mail.envelope.mailFrom, recipients: mail.envelope.rcptTo.length, size: mail.body.length, duplicate: !created }, created ? 'message spooled' : 'message already spooled');
+        log.info({ queueId: mail.id, from: mail.envelope.mailFrom, recipients: mail.envelope.rcptTo.length, size, duplicate: !created }, created ? 'message spooled' : 'message already spooled');
         broker.publishEvent('mail.spooled', { id: mail.id, routes: [...new Set(Object.values(routes))] });
         return 'stored';
       } catch (error) {

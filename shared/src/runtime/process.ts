@@ -4,8 +4,7 @@ import type { Broker } from '../broker/broker.ts';
 import { ConfigError, givenSettings, loadConfig, type Config } from './config.ts';
 import { checkDataDir } from './data-dir.ts';
 import type { Logger } from './logger.ts';
-import { StoreSchemaError } from '../store/schema-version.ts';
-import { openSqliteStore } from '../store/sqlite-store.ts';
+import { openStoreThread } from '../store/store-thread.ts';
 import type { Store } from '../store/store.ts';
 import { flushTelemetry } from './telemetry.ts';
 
@@ -78,13 +77,7 @@ export async function openStore(config: Config, log: Logger): Promise<Store> {
   const path = join(config.DATA_DIR, 'spool.sqlite');
   checkDataDir(config.DATA_DIR, path);
   log.info({ path }, 'using the SQLite store');
-  try {
-    return await openSqliteStore(path, { log });
-  } catch (error) {
-    // A newer or foreign file, or one SQLite cannot open: one line naming DATA_DIR, exit 78.
-    if (error instanceof StoreSchemaError) throw new ConfigError(`DATA_DIR: ${error.message}`);
-    throw new ConfigError(`DATA_DIR: cannot open ${path}: ${(error as Error).message}`);
-  }
+  return openStoreThread(path, log);
 }
 
 /**

@@ -102,6 +102,8 @@ export interface Store {
   /**
    * Store a message and one queued delivery per recipient, due now. `routes` maps each recipient to
    * its next hop. Idempotent on mail.id: returns false (and changes nothing) when the id is known.
+   * A large body may be moved rather than copied (the store in its thread, store-thread.ts): the
+   * caller's Buffer may be empty once put is called, so take what you need of it (its size) first.
    */
   put(mail: ReceivedMail, routes: Record<string, string>): Promise<boolean>;
   /**
