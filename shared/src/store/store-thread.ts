@@ -2,7 +2,7 @@
  * The SQLite store on a thread of its own. node:sqlite is synchronous: every INSERT, every COMMIT's
  * WAL writes, every claim and settle ran on the event loop's thread, between the SMTP sessions'
  * replies (about a sixth of that thread's time under `npm run bench`, issue 9). Here the store runs
- * in a worker thread of the same process (store-worker.ts) and this side forwards each call to it.
+ * in a worker thread of the same process (store-worker.mjs, store-thread-main.ts) and this side forwards each call to it.
  * A call resolves only when the store in the thread has resolved it, so put() still resolves only
  * once the write is durable. A thread that dies takes the process with it (exit 1), as a crash of
  * the store itself would: nothing is ever answered on its behalf, and the spool recovers on restart.
@@ -66,7 +66,7 @@ const FORWARDED = [
  * file that cannot be opened rejects as openSqliteStore would, as a ConfigError naming DATA_DIR.
  */
 export async function openStoreThread(path: string, log: Logger): Promise<Store> {
-  const worker = new Worker(new URL('./store-worker.ts', import.meta.url), { workerData: { path } });
+  const worker = new Worker(new URL('./store-worker.mjs', import.meta.url), { workerData: { path } });
   const calls = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
   const streams = new Map<number, Readable>();
   let nextId = 0;

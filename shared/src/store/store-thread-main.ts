@@ -1,8 +1,8 @@
 /**
  * The store thread (store-thread.ts): the SQLite store, serving the main thread's calls. Started by
- * openStoreThread; not an entry point of its own. It loads only the store: its log lines go to the
- * main thread's logger, and it keeps out of the configuration (zod) and pino, which would cost
- * this thread's heap tens of MiB.
+ * openStoreThread through store-worker.mjs; not an entry point of its own. It loads only the store:
+ * its log lines go to the main thread's logger, and it keeps out of the configuration (zod) and
+ * pino, which would cost this thread tens of MiB.
  */
 import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
