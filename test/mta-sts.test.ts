@@ -104,7 +104,9 @@ describe('MTA-STS enforce', () => {
       const delivery = await sendAndAttempt(system, 'good mx');
       assert.equal(delivery.state, 'delivered', delivery.lastReply ?? '');
       assert.equal(peer.messages[0]?.secure, true);
-      assert.equal(capture.entries('delivered')[0]?.tls, 'TLSv1.3 verified');
+      // The deliverer logs the delivery once its settle has returned, which can be a moment after the store shows it.
+      const logged = await waitFor("the deliverer's log line", () => capture.entries('delivered')[0]);
+      assert.equal(logged.tls, 'TLSv1.3 verified');
     });
   });
 

@@ -37,80 +37,89 @@ const log = Object.fromEntries(
   ]),
 ) as unknown as Logger;
 
-let store: Store;
-try {
-  store = await openSqliteStore(path, { log });
-} catch (error) {
-  // A newer or foreign file, or one SQLite cannot open: one line naming DATA_DIR (exit 78). The
-  // thread then ends by itself: the main thread waits for this answer, not for an 'error' event.
-  const text = error instanceof StoreSchemaError ? `DATA_DIR: ${error.message}` : `DATA_DIR: cannot open ${path}: ${(error as Error).message}`;
-  send({ t: 'fail', error: toWire(new Error(text), true) });
-  port.close();
-  await new Promise(() => {}); // nothing is left to run: the closed port lets the thread end
-}
-const state = () => send({ t: 'state', ready: store.ready(), spare: store.spareBytes?.() ?? null });
-const timer = setInterval(state, STATE_EVERY_MS);
-timer.unref();
-
 /**
- * Bodies being read: each is sent a chunk at a time as the main thread asks, one chunk read ahead
- * so that the last chunk goes with the news that it is the last (a body kept in one row: one message).
+ * The store, or null when the file cannot be opened (a newer or foreign file, or one SQLite refuses):
+ * then the main thread is told in one line naming DATA_DIR (exit 78), and this thread ends.
  */
-const streams = new Map<number, { chunks: AsyncIterator<Uint8Array>; ahead: IteratorResult<Uint8Array> }>();
-
-async function next(id: number, kind: 'stream' | 'chunk'): Promise<void> {
-  const body = streams.get(id);
-  if (!body) return;
+async function open(): Promise<Store | null> {
   try {
-    const current = body.ahead;
-    if (current.done) {
+    return await openSqliteStore(path, { log });
+  } catch (error) {
+    const text = error instanceof StoreSchemaError ? `DATA_DIR: ${error.message}` : `DATA_DIR: cannot open ${path}: ${(error as Error).message}`;
+    send({ t: 'fail', error: toWire(new Error(text), true) });
+    port.close();
+    return null;
+  }
+}
+
+function serve(store: Store): void {
+  const state = () => send({ t: 'state', ready: store.ready(), spare: store.spareBytes?.() ?? null });
+  const timer = setInterval(state, STATE_EVERY_MS);
+  timer.unref();
+
+  /**
+   * Bodies being read: each is sent a chunk at a time as the main thread asks, one chunk read ahead
+   * so that the last chunk goes with the news that it is the last (a body kept in one row: one message).
+   */
+  const streams = new Map<number, { chunks: AsyncIterator<Uint8Array>; ahead: IteratorResult<Uint8Array> }>();
+
+  async function next(id: number, kind: 'stream' | 'chunk'): Promise<void> {
+    const body = streams.get(id);
+    if (!body) return;
+    try {
+      const current = body.ahead;
+      if (current.done) {
+        streams.delete(id);
+        return send({ t: kind, id, chunk: null, end: true });
+      }
+      body.ahead = await body.chunks.next();
+      if (body.ahead.done) streams.delete(id);
+      const chunk = current.value;
+      // A chunk that is a whole buffer of its own moves to the main thread; any other is copied.
+      const whole = chunk.byteOffset === 0 && chunk.buffer instanceof ArrayBuffer && chunk.byteLength === chunk.buffer.byteLength;
+      send({ t: kind, id, chunk, end: Boolean(body.ahead.done) }, whole ? [chunk.buffer as ArrayBuffer] : undefined);
+    } catch (error) {
       streams.delete(id);
-      return send({ t: kind, id, chunk: null, end: true });
+      send({ t: 'error', id, error: toWire(error) });
     }
-    body.ahead = await body.chunks.next();
-    if (body.ahead.done) streams.delete(id);
-    const chunk = current.value;
-    // A chunk that is a whole buffer of its own moves to the main thread; any other is copied.
-    const whole = chunk.byteOffset === 0 && chunk.buffer instanceof ArrayBuffer && chunk.byteLength === chunk.buffer.byteLength;
-    send({ t: kind, id, chunk, end: Boolean(body.ahead.done) }, whole ? [chunk.buffer as ArrayBuffer] : undefined);
-  } catch (error) {
-    streams.delete(id);
-    send({ t: 'error', id, error: toWire(error) });
   }
+
+  async function call(id: number, method: string, args: unknown[]): Promise<void> {
+    try {
+      if (method === 'close') {
+        clearInterval(timer);
+        await store.close();
+        send({ t: 'result', id, value: undefined });
+        return port.close();
+      }
+      if (method === 'put') {
+        const mail = args[0] as ReceivedMail;
+        const body = mail.body as Uint8Array;
+        args[0] = { ...mail, body: Buffer.from(body.buffer, body.byteOffset, body.byteLength) };
+      }
+      const value = await (store as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+      if (method !== 'readBody') return send({ t: 'result', id, value });
+      const chunks = (value as Readable)[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+      streams.set(id, { chunks, ahead: await chunks.next() });
+      await next(id, 'stream');
+    } catch (error) {
+      streams.delete(id);
+      send({ t: 'error', id, error: toWire(error) });
+    }
+  }
+
+  port.on('message', (request: Request) => {
+    if (request.t === 'call') void call(request.id, request.method, request.args);
+    else if (request.t === 'pull') void next(request.id, 'chunk');
+    else {
+      const body = streams.get(request.id);
+      streams.delete(request.id);
+      void body?.chunks.return?.();
+    }
+  });
+  send({ t: 'open' });
+    state();
 }
 
-async function call(id: number, method: string, args: unknown[]): Promise<void> {
-  try {
-    if (method === 'close') {
-      clearInterval(timer);
-      await store.close();
-      send({ t: 'result', id, value: undefined });
-      return port.close();
-    }
-    if (method === 'put') {
-      const mail = args[0] as ReceivedMail;
-      const body = mail.body as Uint8Array;
-      args[0] = { ...mail, body: Buffer.from(body.buffer, body.byteOffset, body.byteLength) };
-    }
-    const value = await (store as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
-    if (method !== 'readBody') return send({ t: 'result', id, value });
-    const chunks = (value as Readable)[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
-    streams.set(id, { chunks, ahead: await chunks.next() });
-    await next(id, 'stream');
-  } catch (error) {
-    streams.delete(id);
-    send({ t: 'error', id, error: toWire(error) });
-  }
-}
-
-port.on('message', (request: Request) => {
-  if (request.t === 'call') void call(request.id, request.method, request.args);
-  else if (request.t === 'pull') void next(request.id, 'chunk');
-  else {
-    const body = streams.get(request.id);
-    streams.delete(request.id);
-    void body?.chunks.return?.();
-  }
-});
-send({ t: 'open' });
-state();
+const store = await open();
+if (store) serve(store);
