@@ -47,8 +47,7 @@ async function open(): Promise<Store | null> {
   } catch (error) {
     const text = error instanceof StoreSchemaError ? `DATA_DIR: ${error.message}` : `DATA_DIR: cannot open ${path}: ${(error as Error).message}`;
     send({ t: 'fail', error: toWire(new Error(text), true) });
-    port.close();
-    return null;
+    return null; // nothing listens on the port: the thread ends by itself
   }
 }
 
@@ -89,8 +88,7 @@ function serve(store: Store): void {
       if (method === 'close') {
         clearInterval(timer);
         await store.close();
-        send({ t: 'result', id, value: undefined });
-        return port.close();
+        return send({ t: 'result', id, value: undefined }); // the main thread then ends this thread
       }
       if (method === 'put') {
         const mail = args[0] as ReceivedMail;
