@@ -17,7 +17,7 @@ import type { Logger } from '../shared/src/runtime/logger.ts';
 import type { QueueStats, Store } from '../shared/src/store/store.ts';
 import type { Delivery, MessageInfo, ReceivedMail } from '../shared/src/types.ts';
 import { openSqliteStore } from '../shared/src/store/sqlite-store.ts';
-import { openStoreThread } from '../shared/src/store/store-thread.ts';
+import { movableBody, openStoreThread } from '../shared/src/store/store-thread.ts';
 import { spawnModule } from './support/processes.ts';
 
 /** One empty database; `open` may be called several times to get several handles on it. */
@@ -1085,6 +1085,19 @@ describe('sqlite store: in its thread', () => {
       const small = Buffer.from('Subject: s\r\n\r\nsmall\r\n');
       await store.put(mail('small', ['a@x.test'], T0, small), via('r1', ['a@x.test']));
       assert.equal(small.toString(), 'Subject: s\r\n\r\nsmall\r\n', 'a small body is copied and stays the caller\'s');
+      // A slice of a larger buffer is copied (others may still read the rest of it), unless its
+      // maker says the buffer is its alone (ingress receives into a buffer with room in front).
+      const slab = randomBytes(3 * 1024 * 1024);
+      const slice = slab.subarray(1000, 1000 + 2 * 1024 * 1024);
+      const sliceCopy = Buffer.from(slice);
+      await store.put(mail('slice', ['a@x.test'], T0, slice), via('r1', ['a@x.test']));
+      assert.equal(slice.length, 2 * 1024 * 1024, 'copied: the buffer it is cut from is left alone');
+      const marked = movableBody(Buffer.from(slab).subarray(1000));
+      const markedCopy = Buffer.from(marked);
+      await store.put(mail('marked', ['a@x.test'], T0, marked), via('r1', ['a@x.test']));
+      assert.equal(marked.length, 0, 'moved');
+      assert.ok((await bodyOf(store, 'slice')).equals(sliceCopy));
+      assert.ok((await bodyOf(store, 'marked')).equals(markedCopy));
       await store.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });

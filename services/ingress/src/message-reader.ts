@@ -1,6 +1,7 @@
 import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import { passedThrough } from '@backupmx/shared/runtime/young-gc.ts';
+import { movableBody } from '@backupmx/shared/store/store-thread.ts';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -126,7 +127,7 @@ function createBody(declared: number | null) {
           // In place, unless our fields do not fit in front or the buffer is mostly unused (a SIZE far above what came).
           if (buffer && ours.length <= HEADROOM && 2 * filled >= buffer.length - HEADROOM) {
             ours.copy(buffer, HEADROOM - ours.length);
-            return buffer.subarray(HEADROOM - ours.length, HEADROOM + filled);
+            return movableBody(buffer.subarray(HEADROOM - ours.length, HEADROOM + filled)); // nothing else reads the buffer now
           }
           return Buffer.concat([ours, ...(buffer ? [buffer.subarray(HEADROOM, HEADROOM + filled)] : parts)], ours.length + size);
         },

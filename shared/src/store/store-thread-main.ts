@@ -8,7 +8,7 @@ import { Buffer } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../runtime/logger.ts';
-import { startBufferCollector } from '../runtime/young-gc.ts';
+import { bodyReleased, startBufferCollector } from '../runtime/young-gc.ts';
 import type { ReceivedMail } from '../types.ts';
 import { StoreSchemaError } from './schema-version.ts';
 import { openSqliteStore } from './sqlite-store.ts';
@@ -90,12 +90,18 @@ function serve(store: Store): void {
         await store.close();
         return send({ t: 'result', id, value: undefined }); // the main thread then ends this thread
       }
+      let moved = 0;
       if (method === 'put') {
         const mail = args[0] as ReceivedMail;
         const body = mail.body as Uint8Array;
+        moved = body.byteLength;
         args[0] = { ...mail, body: Buffer.from(body.buffer, body.byteOffset, body.byteLength) };
       }
-      const value = await (store as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+      const value = await (store as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args).finally(() => {
+        // A large body that came here: written or not, it is garbage now. Free it now, not when
+        // this thread's heap next fills (it hardly allocates, so that could take long).
+        bodyReleased(moved);
+      });
       if (method !== 'readBody') return send({ t: 'result', id, value });
       const chunks = (value as Readable)[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
       streams.set(id, { chunks, ahead: await chunks.next() });

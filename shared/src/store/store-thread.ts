@@ -12,6 +12,7 @@ import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { ConfigError } from '../runtime/config.ts';
 import type { Logger } from '../runtime/logger.ts';
+import { passedThrough } from '../runtime/young-gc.ts';
 import type { ReceivedMail } from '../types.ts';
 import type { Store } from './store.ts';
 
@@ -54,6 +55,19 @@ const asBuffer = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffs
  * must not cost twice its size for the time of its write); the caller's Buffer is empty after.
  */
 export const MOVE_BODY_FROM = 64 * 1024;
+
+/** Buffers whose memory the code that made them holds alone, though they do not start at its first byte. */
+const owned = new WeakSet<ArrayBufferLike>();
+
+/**
+ * Say that nobody else uses `body`'s memory (a buffer received into, with room left in front): then
+ * put() may move it to the store's thread even though it is a view into a larger allocation. Any
+ * other body moves only when it is a buffer of its own, never a slice that others may still read.
+ */
+export function movableBody(body: Buffer): Buffer {
+  owned.add(body.buffer);
+  return body;
+}
 
 /** The calls forwarded as they are (ready, spareBytes and close are answered here). */
 const FORWARDED = [
@@ -120,7 +134,10 @@ export async function openStoreThread(path: string, log: Logger): Promise<Store>
           const stream = streams.get(reply.id) as (Readable & { ended(): void }) | undefined;
           if (!stream) return;
           if (reply.end) stream.ended();
-          if (reply.chunk) stream.push(asBuffer(reply.chunk));
+          if (reply.chunk) {
+            passedThrough(reply.chunk.byteLength); // the parts before it, and the client's copies of them, are garbage now
+            stream.push(asBuffer(reply.chunk));
+          }
           if (reply.end) stream.push(null);
           return;
         }
@@ -173,7 +190,7 @@ export async function openStoreThread(path: string, log: Logger): Promise<Store>
     spareBytes: () => spare ?? 0,
     put: (mail: ReceivedMail, routes: Record<string, string>) => {
       const { buffer, byteOffset, byteLength } = mail.body;
-      const move = byteLength >= MOVE_BODY_FROM && byteOffset === 0 && buffer instanceof ArrayBuffer && buffer.byteLength === byteLength;
+      const move = byteLength >= MOVE_BODY_FROM && buffer instanceof ArrayBuffer && (owned.has(buffer) || (byteOffset === 0 && buffer.byteLength === byteLength));
       return call('put', [mail, routes], move ? [buffer] : undefined);
     },
     async close() {
