@@ -21,7 +21,7 @@ import { createSweeper } from '@backupmx/spool/src/sweep.ts';
 const config = configOrExit('all');
 const log = createLogger('backupmx', config.LOG_LEVEL);
 startBufferCollector(); // large mail: free the buffers it leaves behind early (issue 9)
-const store = await openStore(config, log);
+const store = await openStore(config, log, { thread: true }); // the SMTP sessions share this event loop
 const broker = config.AMQP_URL ? await connectBroker(config, 'all', log) : createMemoryBroker(join(config.DATA_DIR, 'dead'), log);
 await startSpool(config, store, broker, log);
 // Expiry, delay notices and record retention, whether or not any primary answers (issue 4).

@@ -4,6 +4,8 @@ import type { Broker } from '../broker/broker.ts';
 import { ConfigError, givenSettings, loadConfig, type Config } from './config.ts';
 import { checkDataDir } from './data-dir.ts';
 import type { Logger } from './logger.ts';
+import { sqliteOpenFailure } from '../store/schema-version.ts';
+import { openSqliteStore } from '../store/sqlite-store.ts';
 import { openStoreThread } from '../store/store-thread.ts';
 import type { Store } from '../store/store.ts';
 import { flushTelemetry } from './telemetry.ts';
@@ -69,15 +71,26 @@ export async function connectBroker(config: Config, name: string, log: Logger): 
   return broker;
 }
 
-export async function openStore(config: Config, log: Logger): Promise<Store> {
+/**
+ * The store the configuration names. `thread`: the SQLite store runs on a thread of its own
+ * (store-thread.ts), for the single process, where the SMTP sessions share the event loop and must
+ * not wait behind its synchronous queries and commits. A service of its own keeps it on its loop:
+ * a thread would cost it memory and CPU for little (its event loop has nothing as urgent to do).
+ */
+export async function openStore(config: Config, log: Logger, options: { thread?: boolean } = {}): Promise<Store> {
   if (config.MONGODB_URL) {
     const { openMongoStore } = await import('../store/mongo-store.ts');
     return openMongoStore(config.MONGODB_URL, log, { retentionMs: config.RECORD_RETENTION });
   }
   const path = join(config.DATA_DIR, 'spool.sqlite');
   checkDataDir(config.DATA_DIR, path);
-  log.info({ path }, 'using the SQLite store');
-  return openStoreThread(path, log);
+  log.info({ path, thread: Boolean(options.thread) }, 'using the SQLite store');
+  if (options.thread) return openStoreThread(path, log);
+  try {
+    return await openSqliteStore(path, { log });
+  } catch (error) {
+    throw new ConfigError(sqliteOpenFailure(path, error));
+  }
 }
 
 /**

@@ -21,6 +21,12 @@ export interface Migration<Db> {
 /** The store cannot be used by this build: its schema is newer, no step leads from it, or a step failed. Its message is one line. */
 export class StoreSchemaError extends Error {}
 
+/** Why the SQLite file at `path` could not be opened, as the one line naming DATA_DIR that start-up prints (exit 78). */
+export function sqliteOpenFailure(path: string, error: unknown): string {
+  // A newer or foreign file, or one SQLite cannot open.
+  return error instanceof StoreSchemaError ? `DATA_DIR: ${error.message}` : `DATA_DIR: cannot open ${path}: ${(error as Error).message}`;
+}
+
 /**
  * The steps, in order, that bring a store at `stored` to `current`; none when it is current.
  * `where` names the store in the error (a file, a database).

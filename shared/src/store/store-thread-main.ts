@@ -10,7 +10,7 @@ import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import type { Logger } from '../runtime/logger.ts';
 import { bodyReleased, startBufferCollector } from '../runtime/young-gc.ts';
 import type { ReceivedMail } from '../types.ts';
-import { StoreSchemaError } from './schema-version.ts';
+import { sqliteOpenFailure } from './schema-version.ts';
 import { openSqliteStore } from './sqlite-store.ts';
 import type { Reply, Request, WireError } from './store-thread.ts';
 import type { Store } from './store.ts';
@@ -45,8 +45,7 @@ async function open(): Promise<Store | null> {
   try {
     return await openSqliteStore(path, { log });
   } catch (error) {
-    const text = error instanceof StoreSchemaError ? `DATA_DIR: ${error.message}` : `DATA_DIR: cannot open ${path}: ${(error as Error).message}`;
-    send({ t: 'fail', error: toWire(new Error(text), true) });
+    send({ t: 'fail', error: toWire(new Error(sqliteOpenFailure(path, error)), true) });
     return null; // nothing listens on the port: the thread ends by itself
   }
 }
