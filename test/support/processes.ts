@@ -19,6 +19,8 @@ export interface Service {
   child: ChildProcess;
   httpPort: number;
   exited: Promise<number | null>;
+  /** The last few hundred characters it wrote to stderr (why it exited, when it did). */
+  stderrTail(): string;
   /** SIGTERM (or another signal) and wait for the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
@@ -112,12 +114,17 @@ export function spawnCommand(name: string, [command, ...args]: [string, ...strin
   });
   child.stdout?.pipe(log, { end: false });
   child.stderr?.pipe(log, { end: false });
+  let tail = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    tail = (tail + chunk.toString()).slice(-400);
+  });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
   return {
     name,
     child,
     httpPort: Number(env.HTTP_PORT),
     exited,
+    stderrTail: () => tail,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) sendSignal(child, signal);
       return exited;
@@ -128,7 +135,7 @@ export function spawnCommand(name: string, [command, ...args]: [string, ...strin
 /** Until /readyz says 200. Generous: on a loaded machine (2 cores, several test runs) a start can take 40 s. */
 export async function waitReady(service: Service, timeoutMs = 120_000): Promise<void> {
   await waitFor(`${service.name} /readyz`, async () => {
-    if (service.child.exitCode !== null) throw new Error(`${service.name} exited with ${service.child.exitCode}`);
+    if (service.child.exitCode !== null) throw new Error(`${service.name} exited with ${service.child.exitCode}: ${service.stderrTail().trim() || '(nothing on stderr)'}`);
     const response = await fetch(`http://127.0.0.1:${service.httpPort}/readyz`);
     return response.status === 200;
   }, timeoutMs, 100);
