@@ -1137,6 +1137,43 @@ describe('sqlite store: in its thread', () => {
 });
 
 describe('sqlite store: separate processes', () => {
+  it('processes opening a new file at the same moment all open it (its schema is never seen half made)', async () => {
+    const moduleUrl = new URL('../shared/src/store/sqlite-store.ts', import.meta.url).href;
+    for (let round = 0; round < 6; round++) {
+      const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
+      try {
+        const path = join(dir, 'store.db');
+        // Each process loads the store, then all open the file at once (compose starts the spool, the
+        // deliverers and ingress together on one new SQLite volume).
+        const opener = `
+          const { openSqliteStore } = await import(${JSON.stringify(moduleUrl)});
+          process.stdout.write('ready\\n');
+          await new Promise((resolve) => process.stdin.once('data', resolve));
+          process.stdin.destroy();
+          try {
+            const store = await openSqliteStore(${JSON.stringify(path)});
+            await store.close();
+            process.stdout.write('opened\\n');
+          } catch (error) {
+            process.stdout.write('failed: ' + error.message + '\\n');
+          }
+        `;
+        const children = Array.from({ length: 6 }, () => spawnModule(opener, dir, { stdio: ['pipe', 'pipe', 'inherit'] }) as ChildProcessWithoutNullStreams);
+        const outputs = children.map((child) => {
+          let out = '';
+          const ready = new Promise<void>((resolve) => child.stdout.on('data', (c: Buffer) => ((out += c.toString()), out.startsWith('ready\n') && resolve())));
+          const done = new Promise<string>((resolve) => child.on('close', () => resolve(out.replace('ready\n', '').trim())));
+          return { ready, done };
+        });
+        await Promise.all(outputs.map((o) => o.ready));
+        for (const child of children) child.stdin.write('go\n');
+        assert.deepEqual(await Promise.all(outputs.map((o) => o.done)), Array(6).fill('opened'), `round ${round}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+
   it('deliverer processes draining one file at the same time never claim the same delivery', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'backupmx-store-'));
     try {

@@ -154,8 +154,16 @@ function pending(db: DatabaseSync): string {
 
 /** Refuse (StoreSchemaError) a file this build cannot use, before anything is written to it. */
 export function checkSchema(db: DatabaseSync, where: string): void {
-  const from = storedVersion(db, where);
-  if (from !== null) migrationPath(from, SQLITE_SCHEMA_VERSION, MIGRATIONS, where);
+  // One snapshot for both of storedVersion's reads: a process creating the schema of a new file
+  // meanwhile (compose starts the services together on one new volume) must not be seen half:
+  // its tables, but, read a moment before, no version yet ("not a backupmx store", exit 78).
+  db.exec('BEGIN DEFERRED');
+  try {
+    const from = storedVersion(db, where);
+    if (from !== null) migrationPath(from, SQLITE_SCHEMA_VERSION, MIGRATIONS, where);
+  } finally {
+    if (db.isTransaction) db.exec('COMMIT');
+  }
 }
 
 /**

@@ -21,6 +21,25 @@ import { type Activity, type BulkAction, type BulkResult, type ClaimOptions, typ
 import type { AttemptRecord, ClaimedMessage, Delivery, DeliveryState, MessageInfo, Outcome, ReceivedMail } from '../types.ts';
 
 const BUSY_TIMEOUT_MS = 10_000;
+
+/** SQLITE_BUSY, extended codes included: another connection holds the lock. */
+function locked(error: unknown): boolean {
+  const code = (error as { errcode?: unknown }).errcode;
+  return typeof code === 'number' && (code & 0xff) === 5;
+}
+
+/** Run `fn` again (after a few ms) while it fails with SQLITE_BUSY, up to BUSY_TIMEOUT_MS. */
+async function untilUnlocked<T>(fn: () => T): Promise<T> {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  for (;;) {
+    try {
+      return fn();
+    } catch (error) {
+      if (!locked(error) || Date.now() >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 10 + Math.random() * 40));
+    }
+  }
+}
 /**
  * How long a settle may wait for other writes to share its commit. The primary already has the mail;
  * a crash in this window delivers it again (at-least-once: the duplicate window of DESIGN.md grows by
@@ -159,10 +178,16 @@ export async function openSqliteStore(
   }
 
   try {
-    checkSchema(db, path); // a newer or foreign file is refused before WAL mode changes its header
-    db.exec('PRAGMA journal_mode = WAL');
-    db.exec('PRAGMA synchronous = FULL');
-    const { from, steps } = tx(() => prepareSchema(db, path));
+    // Processes opening a new file at the same moment (compose starts the spool, the deliverers and
+    // ingress together on one new volume) can get "database is locked" at once, without SQLite's
+    // busy timeout, while another one turns the file to WAL: each step is safe to repeat, so try
+    // again for as long as the busy timeout (6 processes at once: 1 run in 4 failed so, exit 78).
+    const { from, steps } = await untilUnlocked(() => {
+      checkSchema(db, path); // a newer or foreign file is refused before WAL mode changes its header
+      db.exec('PRAGMA journal_mode = WAL');
+      db.exec('PRAGMA synchronous = FULL');
+      return tx(() => prepareSchema(db, path));
+    });
     if (steps.length > 0) options.log?.info({ path, from, to: SQLITE_SCHEMA_VERSION, steps }, 'store migrated to the current schema');
     // From here on a COMMIT does not sync; the group commit syncs the WAL before anyone is answered.
     db.exec('PRAGMA synchronous = NORMAL');
